@@ -1,0 +1,1 @@
+"""Research on top of train/: configs, sweeps, analysis, figures, and the ``isoflop`` CLI."""

@@ -1,0 +1,113 @@
+"""The ``isoflop`` command: ``isoflop <subcommand> [--flags]``.
+
+Subcommands share one config system: ``--config=<file.py>`` returning an
+``ml_collections.ConfigDict``, with any field overridable as ``--config.a.b=value``.
+Input errors print one line (what was wrong, what to do) and exit with status 2.
+"""
+
+import os
+import sys
+from typing import Callable, Sequence
+
+USAGE = """usage: isoflop <subcommand> [flags]
+
+subcommands:
+  train   train a model: isoflop train --config=experiments/configs/tiny.py --workdir=runs/x
+          [--config.steps=40 --config.mesh.data=2 ...]
+"""
+EXIT_BAD_INPUT = 2
+
+
+class UsageError(Exception):
+  """Bad input from the command line; its message is the one line the user sees."""
+
+
+def _resolve_config_path(argv: list[str]) -> list[str]:
+  """Lets ``--config=experiments/configs/x.py`` work from any directory once installed."""
+  import isoflop.experiments
+  package_root = os.path.dirname(os.path.dirname(isoflop.experiments.__file__))
+  resolved = []
+  for arg in argv:
+    if arg.startswith("--config="):
+      path = arg.split("=", 1)[1]
+      if not os.path.exists(path):
+        if os.path.exists(os.path.join(package_root, path)):
+          path = os.path.join(package_root, path)
+        else:
+          raise UsageError(f"config file {path!r} not found; pass the path of a config file, "
+                           "e.g. --config=experiments/configs/tiny.py")
+      arg = f"--config={path}"
+    resolved.append(arg)
+  return resolved
+
+
+def _parse_config(argv: Sequence[str], extra_flags: Callable[[object], None]):
+  """Parses ``--config`` (with overrides) and the subcommand's own flags."""
+  from absl import flags
+  from ml_collections import config_flags
+
+  flag_values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "config file (.py)", flag_values=flag_values,
+                                  lock_config=True)
+  extra_flags(flag_values)
+  argv = _resolve_config_path(list(argv))
+  if not any(a.startswith("--config=") for a in argv):
+    raise UsageError("missing --config; pass e.g. --config=experiments/configs/tiny.py")
+  try:
+    flag_values(argv)
+  except flags.Error as e:
+    raise UsageError(_one_line(e)) from None
+  except (AttributeError, KeyError, TypeError, ValueError, FileNotFoundError) as e:
+    raise UsageError(_one_line(e)) from None
+  return flag_values
+
+
+def _one_line(error: BaseException) -> str:
+  text = " ".join(str(error).split())
+  return text or type(error).__name__
+
+
+def train_command(argv: Sequence[str]) -> int:
+  from absl import flags
+
+  def define(flag_values):
+    flags.DEFINE_string("workdir", None, "run directory", flag_values=flag_values)
+
+  flag_values = _parse_config(argv, define)
+  if not flag_values.workdir:
+    raise UsageError("missing --workdir; pass the run directory, e.g. --workdir=runs/x")
+  from isoflop.train import loop
+  try:
+    prepared = loop.prepare(flag_values.config)
+    loop.run(prepared, flag_values.workdir)
+  except ValueError as e:
+    raise UsageError(_one_line(e)) from None
+  return 0
+
+
+SUBCOMMANDS = {"train": train_command}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  argv = list(sys.argv if argv is None else argv)
+  if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
+    print(USAGE)
+    return 0 if len(argv) >= 2 else EXIT_BAD_INPUT
+  name = argv[1]
+  if name not in SUBCOMMANDS:
+    print(f"isoflop: unknown subcommand {name!r}; choose one of {sorted(SUBCOMMANDS)}",
+          file=sys.stderr)
+    return EXIT_BAD_INPUT
+  try:
+    return SUBCOMMANDS[name]([f"isoflop {name}"] + argv[2:])
+  except UsageError as e:
+    print(f"isoflop {name}: error: {e}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+def entry_point() -> None:
+  sys.exit(main())
+
+
+if __name__ == "__main__":
+  entry_point()

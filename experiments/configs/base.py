@@ -1,0 +1,76 @@
+"""Defaults shared by every config; a config file imports this and changes what differs.
+
+Every field can be overridden on the command line as ``--config.a.b=value``.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.task = "causal_lm"
+  c.seed = 0
+  c.steps = 100
+  c.batch_size = 16  # global sequences per step
+  c.seq_len = 128
+  c.microbatches = 1  # gradient accumulation: the batch is split into this many parts
+  c.log_every = 10
+  c.log_layer_norms = False  # per-layer-group norms of params, grads and updates
+
+  c.model = ml_collections.ConfigDict()
+  m = c.model
+  m.vocab_size = 256
+  m.d_model = 128
+  m.n_layers = 2
+  m.n_heads = 4
+  m.n_kv_heads = config_dict.placeholder(int)  # None: = n_heads
+  m.d_head = config_dict.placeholder(int)  # None: = d_model // n_heads
+  m.d_ff = config_dict.placeholder(int)  # None: = 4 * d_model
+  m.max_len = c.get_ref("seq_len")  # follows seq_len unless set
+  m.positions = "learned"  # learned | rope | none
+  m.rope_theta = 10_000.0
+  m.norm = "layernorm"  # layernorm | rmsnorm
+  m.norm_eps = 1e-5
+  m.activation = "gelu"  # gelu relu silu tanh sigmoid | swiglu geglu reglu tanhglu glu
+  m.use_bias = True
+  m.tie_embeddings = True
+  m.dropout = 0.0
+  m.attention = "xla"  # xla | cudnn
+  m.remat = "none"  # none | full | dots | dots_no_batch
+  m.scan_unroll = 1
+  m.init_std = 0.02
+  m.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay in param_dtype)
+  m.param_dtype = "float32"
+
+  c.optimizer = ml_collections.ConfigDict()
+  o = c.optimizer
+  o.name = "adamw"  # sgd momentum nesterov adagrad rmsprop adam adamw adafactor lion
+  o.lr = 1e-3
+  o.schedule = "cosine"  # constant cosine linear wsd inverse_sqrt (all with linear warmup)
+  o.warmup_steps = 10
+  o.min_lr_ratio = 0.1
+  o.decay_fraction = 0.2  # wsd: share of the run spent decaying
+  o.b1 = 0.9
+  o.b2 = 0.95
+  o.eps = 1e-8
+  o.momentum = 0.9
+  o.weight_decay = 0.1  # masked off norms and biases
+  o.clip_norm = 1.0  # global-norm clipping; 0 turns it off
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.z_loss = 0.0
+  c.loss.l1 = 0.0  # penalties on the weight-decayed parameters
+  c.loss.l2 = 0.0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "synthetic:markov"  # synthetic:markov | synthetic:uniform
+  c.data.branching = 8  # markov: successors per token
+  c.data.zipf = 1.0  # markov: Zipf exponent of the successor probabilities
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1  # -1 fills the devices left over by the other axes
+  c.mesh.fsdp = 1
+  c.mesh.tensor = 1
+  c.mesh.rules = "fsdp_tensor"  # fsdp_tensor | replicated (sharding/rules.py)
+  return c

@@ -1,0 +1,1 @@
+"""Pure Flax Linen model definitions; no training, mesh or flag code lives here."""

@@ -1,0 +1,71 @@
+"""Causal multi-head / grouped-query self-attention.
+
+The score computation goes through ``jax.nn.dot_product_attention`` so the implementation is a
+config choice: ``xla`` (any backend) or ``cudnn`` (fused flash attention on NVIDIA GPUs).
+"""
+
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from isoflop.models.rope import apply_rope
+
+IMPLEMENTATIONS = ("xla", "cudnn")
+
+
+class Attention(nn.Module):
+  """x_BLD -> x_BLD. Query heads H share K/V heads in groups of H // n_kv_heads (GQA)."""
+
+  n_heads: int
+  n_kv_heads: int
+  d_head: int
+  use_bias: bool
+  use_rope: bool
+  rope_theta: float
+  implementation: str
+  kernel_init: Callable
+  out_kernel_init: Callable
+  dtype: jnp.dtype
+  param_dtype: jnp.dtype
+
+  def _param(self, name, init, shape, names):
+    return self.param(name, nn.with_logical_partitioning(init, names), shape,
+                      self.param_dtype).astype(self.dtype)
+
+  def _project(self, x_BLD, n_heads, name):
+    """x_BLD -> x_BLNK with N = n_heads (kernel D x N x K, written out so each axis keeps its
+    logical name; DenseGeneral initializes a flattened kernel)."""
+    d_model = x_BLD.shape[-1]
+    kernel_DNK = self._param(f"{name}_kernel", self.kernel_init, (d_model, n_heads, self.d_head),
+                             ("embed", "heads", "kv"))
+    y_BLNK = jnp.einsum("bld,dnk->blnk", x_BLD.astype(self.dtype), kernel_DNK)
+    if self.use_bias:
+      y_BLNK = y_BLNK + self._param(f"{name}_bias", nn.initializers.zeros,
+                                    (n_heads, self.d_head), ("heads", "kv"))
+    return y_BLNK
+
+  @nn.compact
+  def __call__(self, x_BLD: jax.Array, positions_BL: jax.Array) -> jax.Array:
+    q_BLHK = self._project(x_BLD, self.n_heads, "query")
+    k_BLGK = self._project(x_BLD, self.n_kv_heads, "key")
+    v_BLGK = self._project(x_BLD, self.n_kv_heads, "value")
+    if self.use_rope:
+      q_BLHK = apply_rope(q_BLHK, positions_BL, self.rope_theta)
+      k_BLGK = apply_rope(k_BLGK, positions_BL, self.rope_theta)
+    names = ("batch", "length", "heads", "kv")
+    q_BLHK = nn.with_logical_constraint(q_BLHK, names)
+    k_BLGK = nn.with_logical_constraint(k_BLGK, names)
+    v_BLGK = nn.with_logical_constraint(v_BLGK, names)
+    out_BLHK = jax.nn.dot_product_attention(
+        q_BLHK, k_BLGK, v_BLGK, is_causal=True, scale=self.d_head ** -0.5,
+        implementation=self.implementation)
+    out_BLHK = nn.with_logical_constraint(out_BLHK, names)
+    d_model = x_BLD.shape[-1]
+    kernel_HKD = self._param("out_kernel", self.out_kernel_init,
+                             (self.n_heads, self.d_head, d_model), ("heads", "kv", "embed"))
+    y_BLD = jnp.einsum("blhk,hkd->bld", out_BLHK, kernel_HKD)
+    if self.use_bias:
+      y_BLD = y_BLD + self._param("out_bias", nn.initializers.zeros, (d_model,), ("embed",))
+    return y_BLD

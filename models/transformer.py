@@ -1,0 +1,182 @@
+"""A decoder-only language model in pure Flax Linen.
+
+One frozen config covers GPT-2 shapes (learned positions, LayerNorm, GELU, biases, tied
+embeddings) and Llama shapes (RoPE, RMSNorm, SwiGLU, no biases, untied, grouped-query
+attention). Layers are stacked with ``nn.scan`` so compile time does not grow with depth.
+Every parameter and activation carries logical axis names only; a mesh never appears here.
+
+Notebook use needs nothing else::
+
+    from isoflop.models import transformer
+    cfg = transformer.TransformerConfig(vocab_size=256, d_model=64, n_layers=2, n_heads=4)
+    model = transformer.Decoder(cfg)
+    params = model.init(jax.random.key(0), tokens_BL)["params"]
+    logits_BLV = model.apply({"params": params}, tokens_BL)
+"""
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from isoflop.models import attention as attention_lib
+from isoflop.models import mlp as mlp_lib
+from isoflop.models import norms
+
+POSITIONS = ("learned", "rope", "none")
+REMAT_POLICIES: dict[str, Any] = {
+    "none": None,  # keep every activation: fastest, most memory
+    "full": jax.checkpoint_policies.nothing_saveable,  # recompute the whole block
+    "dots": jax.checkpoint_policies.dots_saveable,  # keep matmul outputs, recompute the rest
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+  """Shape and behaviour of the decoder. ``None`` fields are derived (see the properties)."""
+
+  vocab_size: int = 256
+  d_model: int = 128
+  n_layers: int = 2
+  n_heads: int = 4
+  n_kv_heads: int | None = None  # None: n_heads (multi-head); fewer: grouped-query
+  d_head: int | None = None  # None: d_model // n_heads
+  d_ff: int | None = None  # None: 4 * d_model
+  max_len: int = 256
+  positions: str = "learned"
+  rope_theta: float = 10_000.0
+  norm: str = "layernorm"
+  norm_eps: float = 1e-5
+  activation: str = "gelu"
+  use_bias: bool = True
+  tie_embeddings: bool = True
+  dropout: float = 0.0
+  attention: str = "xla"
+  remat: str = "none"
+  scan_unroll: int = 1  # layers per scan iteration; n_layers unrolls the stack fully
+  init_std: float = 0.02
+  dtype: str = "float32"  # compute dtype of matmuls and activations
+  param_dtype: str = "float32"
+
+  def __post_init__(self):
+    for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_len", "scan_unroll"):
+      if getattr(self, name) <= 0:
+        raise ValueError(f"model.{name}={getattr(self, name)} must be positive")
+    if self.d_head is None and self.d_model % self.n_heads:
+      raise ValueError(
+          f"model.n_heads={self.n_heads} does not divide model.d_model={self.d_model}; "
+          "pick a divisor of d_model or set model.d_head explicitly")
+    if self.n_heads % self.kv_heads:
+      raise ValueError(
+          f"model.n_kv_heads={self.kv_heads} does not divide model.n_heads={self.n_heads}; "
+          "use a divisor of n_heads (1 = multi-query, n_heads = multi-head)")
+    choices = {"positions": POSITIONS, "norm": norms.NORMS, "remat": tuple(REMAT_POLICIES),
+               "attention": attention_lib.IMPLEMENTATIONS, "dtype": DTYPES,
+               "param_dtype": DTYPES}
+    for name, allowed in choices.items():
+      if getattr(self, name) not in allowed:
+        raise ValueError(f"model.{name}={getattr(self, name)!r} is unknown; choose one of {allowed}")
+    mlp_lib.check_activation(self.activation)
+    if not 0.0 <= self.dropout < 1.0:
+      raise ValueError(f"model.dropout={self.dropout} must be in [0, 1)")
+    if self.positions == "rope" and self.head_dim % 2:
+      raise ValueError(f"RoPE needs an even head dimension, got d_head={self.head_dim}")
+
+  @property
+  def kv_heads(self) -> int:
+    return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
+
+  @property
+  def head_dim(self) -> int:
+    return self.d_model // self.n_heads if self.d_head is None else self.d_head
+
+  @property
+  def ff_dim(self) -> int:
+    return 4 * self.d_model if self.d_ff is None else self.d_ff
+
+
+def _normal(std: float):
+  return nn.initializers.normal(stddev=std)
+
+
+class Block(nn.Module):
+  """Pre-norm residual block: x + Attn(Norm(x)), then x + Mlp(Norm(x))."""
+
+  config: TransformerConfig
+  deterministic: bool
+
+  @nn.compact
+  def __call__(self, x_BLD: jax.Array, positions_BL: jax.Array):
+    cfg = self.config
+    dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+    # GPT-2: residual output projections start smaller, by 1/sqrt(2 * n_layers).
+    out_init = _normal(cfg.init_std / (2 * cfg.n_layers) ** 0.5)
+
+    def norm(name):
+      return norms.make_norm(cfg.norm, eps=cfg.norm_eps, use_bias=cfg.use_bias, dtype=dtype,
+                             param_dtype=param_dtype, name=name)
+
+    h_BLD = attention_lib.Attention(
+        n_heads=cfg.n_heads, n_kv_heads=cfg.kv_heads, d_head=cfg.head_dim,
+        use_bias=cfg.use_bias, use_rope=cfg.positions == "rope", rope_theta=cfg.rope_theta,
+        implementation=cfg.attention, kernel_init=_normal(cfg.init_std),
+        out_kernel_init=out_init, dtype=dtype, param_dtype=param_dtype,
+        name="attention")(norm("attention_norm")(x_BLD), positions_BL)
+    x_BLD = x_BLD + nn.Dropout(cfg.dropout, deterministic=self.deterministic)(h_BLD)
+    h_BLD = mlp_lib.Mlp(
+        d_ff=cfg.ff_dim, activation=cfg.activation, use_bias=cfg.use_bias,
+        kernel_init=_normal(cfg.init_std), out_kernel_init=out_init, dtype=dtype,
+        param_dtype=param_dtype, name="mlp")(norm("mlp_norm")(x_BLD))
+    x_BLD = x_BLD + nn.Dropout(cfg.dropout, deterministic=self.deterministic)(h_BLD)
+    return nn.with_logical_constraint(x_BLD, ("batch", "length", "embed")), None
+
+
+class Decoder(nn.Module):
+  """tokens_BL (int) -> logits_BLV (float32)."""
+
+  config: TransformerConfig
+
+  @nn.compact
+  def __call__(self, tokens_BL: jax.Array, *, positions_BL: jax.Array | None = None,
+               train: bool = False) -> jax.Array:
+    cfg = self.config
+    dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
+    if positions_BL is None:
+      positions_BL = jnp.broadcast_to(jnp.arange(tokens_BL.shape[1]), tokens_BL.shape)
+    embed = nn.Embed(
+        cfg.vocab_size, cfg.d_model, dtype=dtype, param_dtype=param_dtype,
+        embedding_init=nn.with_logical_partitioning(_normal(cfg.init_std), ("vocab", "embed")),
+        name="embed")
+    x_BLD = embed(tokens_BL)
+    if cfg.positions == "learned":
+      x_BLD = x_BLD + nn.Embed(
+          cfg.max_len, cfg.d_model, dtype=dtype, param_dtype=param_dtype,
+          embedding_init=nn.with_logical_partitioning(_normal(cfg.init_std), ("length", "embed")),
+          name="position_embed")(positions_BL)
+    x_BLD = nn.Dropout(cfg.dropout, deterministic=not train)(x_BLD)
+    x_BLD = nn.with_logical_constraint(x_BLD, ("batch", "length", "embed"))
+
+    block = Block
+    if cfg.remat != "none":
+      block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=False)
+    stack = nn.scan(
+        block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+        in_axes=(nn.broadcast,), length=cfg.n_layers, unroll=cfg.scan_unroll,
+        metadata_params={nn.PARTITION_NAME: "layers"})
+    x_BLD, _ = stack(cfg, deterministic=not train, name="layers")(x_BLD, positions_BL)
+
+    x_BLD = norms.make_norm(cfg.norm, eps=cfg.norm_eps, use_bias=cfg.use_bias, dtype=dtype,
+                            param_dtype=param_dtype, name="final_norm")(x_BLD)
+    if cfg.tie_embeddings:
+      logits_BLV = embed.attend(x_BLD)
+    else:
+      logits_BLV = nn.Dense(
+          cfg.vocab_size, use_bias=False, dtype=dtype, param_dtype=param_dtype,
+          kernel_init=nn.with_logical_partitioning(_normal(cfg.init_std), ("embed", "vocab")),
+          name="head")(x_BLD)
+    logits_BLV = nn.with_logical_constraint(logits_BLV, ("batch", "length", "vocab"))
+    return logits_BLV.astype(jnp.float32)

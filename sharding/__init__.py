@@ -1,0 +1,1 @@
+"""Meshes, logical-axis rules and placement helpers. Knows mesh axes, never a model."""

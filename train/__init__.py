@@ -1,0 +1,1 @@
+"""Training: state, the jitted step, optimizers, data, logging and the loop."""

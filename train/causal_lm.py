@@ -1,0 +1,59 @@
+"""Next-token prediction with the decoder of ``models/transformer.py``."""
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from isoflop.models import counting, transformer
+
+
+@dataclasses.dataclass(frozen=True)
+class CausalLmTask:
+  model_config: transformer.TransformerConfig
+  z_loss: float = 0.0  # coefficient of mean(logsumexp(logits)^2) (PaLM's z-loss)
+
+  @classmethod
+  def from_config(cls, config) -> "CausalLmTask":
+    fields = config.model.to_dict()
+    unknown = set(fields) - {f.name for f in dataclasses.fields(transformer.TransformerConfig)}
+    if unknown:
+      raise ValueError(f"unknown model keys {sorted(unknown)}; see models/transformer.py")
+    return cls(transformer.TransformerConfig(**fields), z_loss=config.loss.z_loss)
+
+  @property
+  def model(self) -> transformer.Decoder:
+    return transformer.Decoder(self.model_config)
+
+  def init_params(self, rng, batch):
+    return self.model.init({"params": rng}, batch["inputs"])["params"]
+
+  def loss(self, params, batch, rng, train):
+    logits_BLV = self.model.apply({"params": params}, batch["inputs"], train=train,
+                                  rngs={"dropout": rng})
+    ce_BL = optax.softmax_cross_entropy_with_integer_labels(logits_BLV, batch["targets"])
+    ce = ce_BL.mean()
+    metrics = {"loss": ce}
+    objective = ce
+    if self.z_loss:
+      z = jnp.mean(jax.nn.logsumexp(logits_BLV, axis=-1) ** 2)
+      metrics["z_loss"] = z
+      objective = objective + self.z_loss * z
+    return objective, metrics
+
+  def tokens(self, batch) -> int:
+    return int(batch["targets"].shape[0] * batch["targets"].shape[1])
+
+  def describe(self, batch) -> dict[str, Any]:
+    seq_len = int(batch["inputs"].shape[1])
+    return {
+        "param_counts": counting.param_counts(self.model_config),
+        "n_params": counting.n_by_convention(self.model_config),
+        "flops_per_token": counting.flops_per_token(self.model_config, seq_len),
+    }
+
+  def for_cost_analysis(self) -> "CausalLmTask":
+    unrolled = dataclasses.replace(self.model_config, scan_unroll=self.model_config.n_layers)
+    return dataclasses.replace(self, model_config=unrolled)
