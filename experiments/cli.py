@@ -5,6 +5,7 @@ Subcommands share one config system: ``--config=<file.py>`` returning an
 Input errors print one line (what was wrong, what to do) and exit with status 2.
 """
 
+import difflib
 import os
 import sys
 from typing import Callable, Sequence
@@ -55,11 +56,36 @@ def _parse_config(argv: Sequence[str], extra_flags: Callable[[object], None]):
     raise UsageError("missing --config; pass e.g. --config=experiments/configs/tiny.py")
   try:
     flag_values(argv)
-  except flags.Error as e:
-    raise UsageError(_one_line(e)) from None
-  except (AttributeError, KeyError, TypeError, ValueError, FileNotFoundError) as e:
-    raise UsageError(_one_line(e)) from None
+  except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError) as e:
+    raise UsageError(_unknown_key_message(argv) or _one_line(e)) from None
   return flag_values
+
+
+def _unknown_key_message(argv: Sequence[str]) -> str | None:
+  """Names the first ``--config.a.b=v`` override whose key the config file does not define."""
+  import importlib.util
+  path = next(a.split("=", 1)[1] for a in argv if a.startswith("--config="))
+  try:
+    spec = importlib.util.spec_from_file_location("_isoflop_config_file", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+  except Exception:  # the config file itself is broken: report the original error instead
+    return None
+  for arg in argv:
+    if not arg.startswith("--config."):
+      continue
+    key = arg[len("--config."):].split("=", 1)[0]
+    node = config
+    for part in key.split("."):
+      if not hasattr(node, "keys") or part not in node.keys():
+        known = sorted(node.keys()) if hasattr(node, "keys") else []
+        close = difflib.get_close_matches(part, known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return (f"unknown config key config.{key}{hint}; check the spelling against the "
+                f"config file {path}")
+      node = node[part]
+  return None
 
 
 def _one_line(error: BaseException) -> str:
@@ -80,7 +106,9 @@ def train_command(argv: Sequence[str]) -> int:
   try:
     prepared = loop.prepare(flag_values.config)
     loop.run(prepared, flag_values.workdir)
-  except ValueError as e:
+  except ValueError as e:  # raised at the boundary by config, mesh, data and optimizer checks
+    if os.environ.get("ISOFLOP_DEBUG"):
+      raise
     raise UsageError(_one_line(e)) from None
   return 0
 

@@ -86,9 +86,9 @@ def make_train_step(task, tx: optax.GradientTransformation, schedule: optax.Sche
     params = optax.apply_updates(state.params, updates)
     metrics = dict(metrics)
     metrics["lr"] = schedule(state.step)
-    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["param_norm"] = jnp.sqrt(_tree_sq_sum(params))
-    metrics["update_norm"] = optax.global_norm(updates)
+    metrics["update_norm"] = optax.tree.norm(updates)
     if layer_norms_stacked is not None:
       metrics.update(group_norms("param_norm", params, layer_norms_stacked))
       metrics.update(group_norms("grad_norm", grads, layer_norms_stacked))

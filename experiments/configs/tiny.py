@@ -1,4 +1,4 @@
-"""A GPT-2-shaped toy (about 0.3M parameters) that trains in seconds on a CPU."""
+"""A GPT-2-shaped toy (about 0.12M parameters) that trains in seconds on a CPU."""
 
 from isoflop.experiments.configs import base
 

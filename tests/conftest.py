@@ -1,0 +1,35 @@
+"""Every test runs on 8 fake CPU devices, set before JAX starts, with a persistent compile
+cache so reruns skip XLA compilation."""
+
+import os
+import pathlib
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+CACHE_DIR = pathlib.Path(__file__).resolve().parent.parent / ".jax_cache"
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(CACHE_DIR))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+assert jax.device_count() == 8, "tests expect 8 fake CPU devices"
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def tiny_config():
+  """The tiny config shrunk further, for runs of a few steps."""
+  from isoflop.experiments.configs import tiny
+  c = tiny.get_config()
+  c.steps = 8
+  c.batch_size = 8
+  c.seq_len = 16
+  c.log_every = 2
+  c.model.d_model = 32
+  c.model.vocab_size = 64
+  c.optimizer.warmup_steps = 2
+  return c

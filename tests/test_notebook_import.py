@@ -1,0 +1,30 @@
+"""The notebook path: import the model, build a config, init and apply; nothing else."""
+
+import subprocess
+import sys
+import textwrap
+
+
+def test_model_import_needs_no_training_config_mesh_or_flags(tmp_path):
+  script = textwrap.dedent("""
+      import sys
+      import jax, jax.numpy as jnp
+      from isoflop.models import transformer
+      cfg = transformer.TransformerConfig(vocab_size=97, d_model=32, n_layers=2, n_heads=4)
+      model = transformer.Decoder(cfg)
+      tokens = jnp.ones((2, 8), jnp.int32)
+      params = model.init(jax.random.key(0), tokens)["params"]
+      logits = model.apply({"params": params}, tokens)
+      assert logits.shape == (2, 8, 97), logits.shape
+      assert bool(jnp.isfinite(logits).all())
+      loaded = [m for m in sys.modules if m.startswith(("isoflop.train", "isoflop.sharding",
+                                                        "isoflop.experiments", "ml_collections"))]
+      assert not loaded, loaded
+      print("ok")
+  """)
+  # A plain environment: no fake devices, no config, run from an unrelated directory.
+  env = {"PATH": "/usr/bin:/bin", "JAX_PLATFORMS": "cpu"}
+  out = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr
+  assert out.stdout.strip().endswith("ok")

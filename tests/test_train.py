@@ -1,0 +1,103 @@
+"""The trainer end to end, in-process on the 8 fake CPU devices."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from isoflop.train import loop
+
+REQUIRED_ROW_KEYS = {"step", "loss", "lr", "grad_norm", "tokens_per_s", "step_time_s",
+                     "tokens_seen"}
+
+
+def _losses(result):
+  return np.array([row["loss"] for row in result.rows])
+
+
+def test_sharded_2x2x2_matches_one_device(tiny_config, tmp_path):
+  c = tiny_config
+  c.steps = 12
+  c.model.update(n_kv_heads=2, tie_embeddings=False)
+  c.mesh.update(data=2, fsdp=2, tensor=2)
+  sharded = loop.train(c, str(tmp_path / "sharded"), progress=False)
+  c.mesh.update(data=1, fsdp=1, tensor=1)
+  single = loop.train(c, str(tmp_path / "single"), devices=jax.devices()[:1], progress=False)
+  np.testing.assert_allclose(_losses(sharded), _losses(single), rtol=1e-5)
+  # atol: the key bias has an exactly zero true gradient (softmax ignores a shift shared by
+  # all keys), so Adam normalizes float rounding into steps of up to lr; weights are ~0.02.
+  for a, b in zip(jax.tree.leaves(sharded.state.params), jax.tree.leaves(single.state.params)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+  # Parameters really are split: fsdp on embed, tensor on heads.
+  kernel = sharded.state.params["layers"]["attention"]["query_kernel"]
+  assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor", None)
+  assert kernel.addressable_shards[0].data.shape == (2, 16, 2, 8)
+
+
+def test_training_approaches_the_source_entropy(tmp_path):
+  from isoflop.experiments.configs import tiny
+  c = tiny.get_config()
+  c.steps = 150
+  c.log_every = 10
+  result = loop.train(c, str(tmp_path / "run"), progress=False)
+  entropy = result.record["data"]["entropy_nats"]
+  first, last = result.rows[0]["loss"], result.rows[-1]["loss"]
+  assert last > entropy - 0.05  # nothing beats the source's entropy (up to batch noise)
+  assert last - entropy < 0.3 * (first - entropy), (first, last, entropy)
+
+
+def test_same_seed_gives_bitwise_identical_params(tiny_config, tmp_path):
+  a = loop.train(tiny_config, str(tmp_path / "a"), progress=False)
+  b = loop.train(tiny_config, str(tmp_path / "b"), progress=False)
+  for x, y in zip(jax.tree.leaves(a.state.params), jax.tree.leaves(b.state.params)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  tiny_config.seed = 1
+  c = loop.train(tiny_config, str(tmp_path / "c"), progress=False)
+  assert not np.array_equal(np.asarray(jax.tree.leaves(a.state.params)[0]),
+                            np.asarray(jax.tree.leaves(c.state.params)[0]))
+
+
+def test_gradient_accumulation_matches_the_full_batch(tiny_config, tmp_path):
+  full = loop.train(tiny_config, str(tmp_path / "full"), progress=False)
+  tiny_config.microbatches = 4
+  tiny_config.mesh.data = 2
+  accumulated = loop.train(tiny_config, str(tmp_path / "acc"), devices=jax.devices()[:2],
+                           progress=False)
+  np.testing.assert_allclose(_losses(full), _losses(accumulated), rtol=1e-5)
+
+
+def test_workdir_files_and_logged_keys(tiny_config, tmp_path):
+  tiny_config.log_layer_norms = True
+  tiny_config.loss.update(z_loss=1e-4, l2=1e-5, l1=1e-6)
+  result = loop.train(tiny_config, str(tmp_path), progress=False)
+  rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in rows] == [2, 4, 6, 8]
+  assert all(REQUIRED_ROW_KEYS <= set(r) for r in rows)
+  assert rows[-1]["tokens_seen"] == 8 * 8 * 16
+  assert "grad_norm/layers/attention/01" in rows[0] and "param_norm/embed" in rows[0]
+  assert "z_loss" in rows[0]
+  assert list((tmp_path / "tb").iterdir()), "TensorBoard event file missing"
+  record = json.loads((tmp_path / "config.json").read_text())
+  assert record["config"]["steps"] == 8
+  for convention in ("kaplan", "chinchilla", "palm"):
+    assert record["n_params"][convention] > 0
+  for convention in ("kaplan", "chinchilla", "palm", "measured"):
+    assert record["flops_per_token"][convention] > 0
+  assert record["versions"]["jax"] == jax.__version__
+  assert record == json.loads(json.dumps(result.record))
+
+
+def test_bfloat16_compute_trains(tiny_config, tmp_path):
+  tiny_config.model.dtype = "bfloat16"
+  result = loop.train(tiny_config, str(tmp_path), progress=False)
+  assert result.rows[-1]["loss"] < result.rows[0]["loss"]
+  assert all(p.dtype == np.float32 for p in jax.tree.leaves(result.state.params))
+
+
+def test_existing_run_is_not_overwritten(tiny_config, tmp_path):
+  loop.train(tiny_config, str(tmp_path), progress=False)
+  before = (tmp_path / "metrics.jsonl").read_text()
+  with pytest.raises(ValueError, match="already holds a run"):
+    loop.train(tiny_config, str(tmp_path), progress=False)
+  assert (tmp_path / "metrics.jsonl").read_text() == before
