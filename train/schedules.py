@@ -1,5 +1,6 @@
 """Learning-rate schedules by name, each preceded by a linear warmup from 0."""
 
+import jax.numpy as jnp
 import optax
 
 SCHEDULES = ("constant", "cosine", "linear", "wsd", "inverse_sqrt")
@@ -38,7 +39,8 @@ def make_schedule(name: str, *, peak_lr: float, total_steps: int, warmup_steps: 
         [stable_steps])
   else:  # inverse_sqrt
     offset = max(warmup_steps, 1)
-    main = lambda step: peak_lr * (offset / (step + offset)) ** 0.5
+    # join_schedules also evaluates this branch at negative steps during the warmup.
+    main = lambda step: peak_lr * jnp.sqrt(offset / (jnp.maximum(step, 0) + offset))
   if warmup_steps == 0:
     return main
   return optax.join_schedules([optax.linear_schedule(0.0, peak_lr, warmup_steps), main],

@@ -1,0 +1,70 @@
+"""The ``isoflop`` command as a user runs it: in a subprocess, on the 8 fake CPU devices."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+
+
+def _isoflop(*args, cwd=REPO, env_extra=None):
+  env = dict(os.environ, **(env_extra or {}))
+  return subprocess.run([sys.executable, "-m", "isoflop.experiments.cli", *args], cwd=cwd,
+                        env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_train_on_a_2x2x2_mesh_as_the_readme_says(tmp_path):
+  workdir = tmp_path / "x"
+  out = _isoflop("train", "--config=experiments/configs/tiny.py", f"--workdir={workdir}",
+                 "--config.steps=40", "--config.mesh.data=2", "--config.mesh.fsdp=2",
+                 "--config.mesh.tensor=2")
+  assert out.returncode == 0, out.stderr
+  assert "tok_s" in out.stderr and "40/40" in out.stderr  # the progress bar
+  assert "loss floor" in out.stdout and "non_embedding" in out.stdout
+  record = json.loads((workdir / "config.json").read_text())
+  assert record["config"]["mesh"] == {"data": 2, "fsdp": 2, "tensor": 2, "rules": "fsdp_tensor"}
+  assert record["devices"]["mesh"] == {"data": 2, "fsdp": 2, "tensor": 2}
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert rows[-1]["step"] == 40 and np.isfinite(rows[-1]["loss"])
+
+
+def test_config_path_resolves_from_another_directory(tmp_path):
+  out = _isoflop("train", "--config=experiments/configs/tiny.py", f"--workdir={tmp_path}/r",
+                 "--config.steps=2", "--config.log_every=1", "--config.optimizer.warmup_steps=0",
+                 cwd=tmp_path)
+  assert out.returncode == 0, out.stderr
+
+
+BAD_INPUTS = {
+    "heads_not_dividing_width": (["--config.model.n_heads=7"], "n_heads=7 does not divide"),
+    "kv_heads_not_dividing_heads": (["--config.model.n_kv_heads=3"], "n_kv_heads=3"),
+    "unknown_key": (["--config.model.n_headz=4"], "unknown config key config.model.n_headz"),
+    "mesh_product": (["--config.mesh.data=3"], "8 are available"),
+    "batch_not_divisible": (["--config.batch_size=12"], "not divisible by the data-parallel"),
+    "unknown_optimizer": (["--config.optimizer.name=adamx"], "unknown optimizer 'adamx'"),
+    "unknown_schedule": (["--config.optimizer.schedule=step"], "unknown schedule 'step'"),
+    "zero_lr": (["--config.optimizer.lr=0"], "lr=0"),
+    "negative_lr": (["--config.optimizer.lr=-0.1"], "lr=-0.1 must be positive"),
+    "zero_steps": (["--config.steps=0"], "steps=0 must be a positive"),
+    "negative_steps": (["--config.steps=-5"], "steps=-5 must be a positive"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_INPUTS) + ["missing_config_file"])
+def test_bad_input_is_one_line_and_writes_nothing(name, tmp_path):
+  workdir = tmp_path / "run"
+  if name == "missing_config_file":
+    args, expected = ["--config=experiments/configs/nope.py"], "config file"
+  else:
+    args, expected = ["--config=experiments/configs/tiny.py", *BAD_INPUTS[name][0]], \
+        BAD_INPUTS[name][1]
+  out = _isoflop("train", f"--workdir={workdir}", *args)
+  assert out.returncode == 2, (out.stdout, out.stderr)
+  lines = out.stderr.strip().splitlines()
+  assert len(lines) == 1 and expected in lines[0], out.stderr
+  assert "Traceback" not in out.stderr
+  assert not workdir.exists()
