@@ -53,7 +53,7 @@ def test_schedules_warm_up_and_decay_as_named():
   assert float(make("linear")(55)) == pytest.approx(0.55)
   wsd = make("wsd", decay_fraction=0.2)
   assert float(wsd(79)) == pytest.approx(1.0) and float(wsd(100)) == pytest.approx(0.1)
-  assert float(make("inverse_sqrt")(30)) == pytest.approx(0.5)  # sqrt(10 / 40)
+  assert float(make("inverse_sqrt")(40)) == pytest.approx(0.5)  # sqrt(warmup 10 / step 40)
 
 
 def test_weight_decay_skips_norms_and_biases():
