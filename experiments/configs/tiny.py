@@ -5,7 +5,7 @@ from isoflop.experiments.configs import base
 
 def get_config():
   c = base.get_config()
-  c.steps = 300
+  c.steps = 600
   c.batch_size = 16
   c.seq_len = 64
   c.log_every = 20
