@@ -51,6 +51,8 @@ BAD_INPUTS = {
     "negative_lr": (["--config.optimizer.lr=-0.1"], "lr=-0.1 must be positive"),
     "zero_steps": (["--config.steps=0"], "steps=0 must be a positive"),
     "negative_steps": (["--config.steps=-5"], "steps=-5 must be a positive"),
+    "sequence_beyond_positions": (["--config.model.max_len=32"], "longer than model.max_len"),
+    "cudnn_without_gpu": (["--config.model.attention=cudnn"], "needs an NVIDIA GPU"),
 }
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from isoflop.models import counting, transformer
-from isoflop.train import loop
+from isoflop.train import causal_lm, loop
 
 BASE = transformer.TransformerConfig(vocab_size=100, d_model=32, n_layers=3, n_heads=4,
                                      d_ff=48, max_len=20)
@@ -43,7 +43,7 @@ def test_counts_equal_the_initialized_tree(positions, norm, activation, use_bias
 
 def test_gpt2_small_has_124m_parameters():
   from isoflop.experiments.configs import gpt2_small
-  cfg = transformer.TransformerConfig(**gpt2_small.get_config().model.to_dict())
+  cfg = causal_lm.decoder_config(gpt2_small.get_config())
   assert counting.param_counts(cfg)["total"] == 124_439_808  # GPT-2 small, tied, V = 50257
 
 
@@ -58,7 +58,7 @@ def test_analytic_flops_agree_with_xla_measured(family, tiny_config):
   record = loop.prepare(c, devices=jax.devices()[:1]).record
   flops = record["flops_per_token"]
   measured = flops["measured"]
-  cfg = transformer.TransformerConfig(**c.model.to_dict())
+  cfg = causal_lm.decoder_config(c)
   d, v, t = cfg.d_model, cfg.vocab_size, c.seq_len
   attention_scores = 12 * cfg.n_layers * t * cfg.n_heads * cfg.head_dim
   # PaLM counts every matmul.

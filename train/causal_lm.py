@@ -10,6 +10,21 @@ import optax
 from isoflop.models import counting, transformer
 
 
+def decoder_config(config) -> transformer.TransformerConfig:
+  """The model config of a run config (``config.model``, with max_len defaulting to seq_len)."""
+  fields = config.model.to_dict()
+  unknown = set(fields) - {f.name for f in dataclasses.fields(transformer.TransformerConfig)}
+  if unknown:
+    raise ValueError(f"unknown model keys {sorted(unknown)}; see models/transformer.py")
+  if fields["max_len"] is None:
+    fields["max_len"] = config.seq_len
+  model_config = transformer.TransformerConfig(**fields)
+  if model_config.positions == "learned" and config.seq_len > model_config.max_len:
+    raise ValueError(f"seq_len={config.seq_len} is longer than model.max_len="
+                     f"{model_config.max_len} learned positions; raise model.max_len")
+  return model_config
+
+
 @dataclasses.dataclass(frozen=True)
 class CausalLmTask:
   model_config: transformer.TransformerConfig
@@ -17,11 +32,11 @@ class CausalLmTask:
 
   @classmethod
   def from_config(cls, config) -> "CausalLmTask":
-    fields = config.model.to_dict()
-    unknown = set(fields) - {f.name for f in dataclasses.fields(transformer.TransformerConfig)}
-    if unknown:
-      raise ValueError(f"unknown model keys {sorted(unknown)}; see models/transformer.py")
-    return cls(transformer.TransformerConfig(**fields), z_loss=config.loss.z_loss)
+    model_config = decoder_config(config)
+    if model_config.attention == "cudnn" and jax.default_backend() != "gpu":
+      raise ValueError(f"model.attention='cudnn' needs an NVIDIA GPU (this backend is "
+                       f"{jax.default_backend()}); use model.attention=xla")
+    return cls(model_config, z_loss=config.loss.z_loss)
 
   @property
   def model(self) -> transformer.Decoder:

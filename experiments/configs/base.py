@@ -27,7 +27,7 @@ def get_config() -> ml_collections.ConfigDict:
   m.n_kv_heads = config_dict.placeholder(int)  # None: = n_heads
   m.d_head = config_dict.placeholder(int)  # None: = d_model // n_heads
   m.d_ff = config_dict.placeholder(int)  # None: = 4 * d_model
-  m.max_len = c.get_ref("seq_len")  # follows seq_len unless set
+  m.max_len = config_dict.placeholder(int)  # None: = seq_len (positions the model can take)
   m.positions = "learned"  # learned | rope | none
   m.rope_theta = 10_000.0
   m.norm = "layernorm"  # layernorm | rmsnorm
