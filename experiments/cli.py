@@ -13,10 +13,15 @@ from typing import Callable, Sequence
 USAGE = """usage: isoflop <subcommand> [flags]
 
 subcommands:
-  train   train a model: isoflop train --config=experiments/configs/tiny.py --workdir=runs/x
-          [--config.steps=40 --config.mesh.data=2 ...]
+  train   train a model, or resume it: rerun the same command on the same workdir
+          isoflop train --config=experiments/configs/tiny.py --workdir=runs/x
+          [--config.steps=40 --config.mesh.data=2 ...] [--dry_run]
+          [--coordinator_address=host:port --num_processes=N --process_id=i]
+
+exit status: 0 done, 2 bad input, 3 non-finite loss, 75 preempted (SIGTERM/SIGINT; rerun)
 """
 EXIT_BAD_INPUT = 2
+EXIT_NON_FINITE = 3  # the loss or a gradient became NaN/inf; the last good checkpoint is intact
 
 
 class UsageError(Exception):
@@ -98,18 +103,37 @@ def train_command(argv: Sequence[str]) -> int:
 
   def define(flag_values):
     flags.DEFINE_string("workdir", None, "run directory", flag_values=flag_values)
+    flags.DEFINE_bool("dry_run", False, "compile ahead of time and report memory, FLOPs and "
+                      "parameter counts without training", flag_values=flag_values)
+    flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for a "
+                        "multi-process run (or JAX_COORDINATOR_ADDRESS)", flag_values=flag_values)
+    flags.DEFINE_integer("num_processes", None, "processes in the run (or JAX_NUM_PROCESSES)",
+                         flag_values=flag_values)
+    flags.DEFINE_integer("process_id", None, "this process's index (or JAX_PROCESS_ID)",
+                         flag_values=flag_values)
 
   flag_values = _parse_config(argv, define)
   if not flag_values.workdir:
     raise UsageError("missing --workdir; pass the run directory, e.g. --workdir=runs/x")
-  from isoflop.train import loop
+  from isoflop.train import distributed, dry_run, loop, preemption
   try:
+    distributed.initialize(flag_values.coordinator_address, flag_values.num_processes,
+                           flag_values.process_id)
     prepared = loop.prepare(flag_values.config)
+    if flag_values.dry_run:
+      dry_run.report(prepared, flag_values.workdir)
+      return 0
     loop.run(prepared, flag_values.workdir)
   except ValueError as e:  # raised at the boundary by config, mesh, data and optimizer checks
     if os.environ.get("ISOFLOP_DEBUG"):
       raise
     raise UsageError(_one_line(e)) from None
+  except preemption.Preempted as e:
+    print(f"isoflop train: {e}", file=sys.stderr)
+    return preemption.EXIT_PREEMPTED
+  except loop.NonFiniteError as e:
+    print(f"isoflop train: error: {e}", file=sys.stderr)
+    return EXIT_NON_FINITE
   return 0
 
 

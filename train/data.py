@@ -1,12 +1,14 @@
 """Data sources for training. This issue's source: a synthetic Markov chain of known entropy.
 
-A source yields host batches ``{"inputs": int32[B, T], "targets": int32[B, T]}``. Example i of
-the stream depends only on (seed, i), so the data order does not depend on the batch size,
-and a batch for step s is examples [s * B, (s + 1) * B).
+A source turns stream indices into host batches ``{"inputs": int32[n, T], "targets":
+int32[n, T]}``. Example i depends only on (seed, i), so the data order does not depend on the
+batch size, a process reads only its own rows, and the position in the stream (saved in
+checkpoints) is a single number.
 """
 
 import dataclasses
 import functools
+from typing import Sequence
 
 import numpy as np
 
@@ -56,13 +58,14 @@ class MarkovSource:
     successors = (np.arange(v)[:, None] + np.cumsum(gaps, axis=1)) % v
     return np.take_along_axis(successors, np.argsort(rng.random((v, k)), axis=1), axis=1)
 
-  def examples(self, start: int, count: int) -> np.ndarray:
-    """Examples start..start+count-1 as int32[count, seq_len + 1]."""
+  def examples(self, indices: Sequence[int]) -> np.ndarray:
+    """The examples with these stream indices, as int32[len(indices), seq_len + 1]."""
     successors = self._successors
     cdf = np.cumsum(self._probs)
+    count = len(indices)
     first = np.empty(count, np.int64)
     choices = np.empty((count, self.seq_len), np.int64)
-    for row, index in enumerate(range(start, start + count)):
+    for row, index in enumerate(indices):
       rng = np.random.default_rng([self.seed, index])
       first[row] = rng.integers(self.vocab_size)
       choices[row] = np.minimum(np.searchsorted(cdf, rng.random(self.seq_len)),
@@ -73,8 +76,8 @@ class MarkovSource:
       tokens[:, t + 1] = successors[tokens[:, t], choices[:, t]]
     return tokens
 
-  def batch(self, step: int, batch_size: int) -> dict[str, np.ndarray]:
-    tokens = self.examples(step * batch_size, batch_size)
+  def batch(self, indices: Sequence[int]) -> dict[str, np.ndarray]:
+    tokens = self.examples(indices)
     return {"inputs": tokens[:, :-1], "targets": tokens[:, 1:]}
 
 

@@ -1,10 +1,12 @@
 """The training loop: validate and build everything, compile once, then run the steps.
 
 Everything that can be wrong with the input is checked before the workdir is touched, so a
-bad command leaves nothing behind. The only host syncs are at log intervals.
+bad command leaves nothing behind. Rerunning a command on its workdir resumes from the newest
+complete checkpoint. The host waits on the device only at log intervals and checkpoints.
 """
 
 import dataclasses
+import json
 import os
 import time
 from typing import Any, Sequence
@@ -12,22 +14,29 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from isoflop.sharding import mesh as mesh_lib
 from isoflop.sharding import rules as rules_lib
+from isoflop.train import checkpointing, metrics_log, optimizers, preemption, resume_policy
 from isoflop.train import data as data_lib
-from isoflop.train import metrics_log, optimizers, run_record
+from isoflop.train import run_record
 from isoflop.train import state as state_lib
 from isoflop.train import step as step_lib
 from isoflop.train import task as task_lib
 
 
+class NonFiniteError(RuntimeError):
+  """The loss or a gradient became NaN or infinite; nothing from that state was saved."""
+
+
 @dataclasses.dataclass
 class RunResult:
   state: state_lib.TrainState
-  rows: list[dict[str, Any]]  # the logged metric rows, as written to metrics.jsonl
+  rows: list[dict[str, Any]]  # the metric rows this call logged (after any resume point)
   record: dict[str, Any]  # what config.json holds
+  resumed_from: int | None = None
 
 
 @dataclasses.dataclass
@@ -39,7 +48,7 @@ class Prepared:
   mesh: Any
   rules: Any
   compiled_step: Any
-  state_shardings: Any
+  abstract_state: Any  # ShapeDtypeStructs with their shardings
   batch_sharding: Any
   batch_shapes: dict[str, jax.ShapeDtypeStruct]
   tx: Any
@@ -47,13 +56,19 @@ class Prepared:
 
 
 def _check_run_config(config) -> None:
-  for name in ("steps", "batch_size", "seq_len", "log_every", "microbatches"):
+  for name in ("steps", "batch_size", "seq_len", "log_every", "microbatches",
+               "checkpoint_every", "keep_checkpoints"):
     if config[name] <= 0:
       raise ValueError(f"{name}={config[name]} must be a positive integer")
 
 
-def _host_to_global(host_batch: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
-  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in host_batch.items()}
+def process_rows(sharding, batch_size: int) -> np.ndarray:
+  """Rows of the global batch that this process's devices hold, in order."""
+  index_map = sharding.addressable_devices_indices_map((batch_size,))
+  rows = set()
+  for (rows_slice,) in index_map.values():
+    rows.update(range(*rows_slice.indices(batch_size)))
+  return np.array(sorted(rows), dtype=np.int64)
 
 
 def prepare(config, devices: Sequence[jax.Device] | None = None) -> Prepared:
@@ -71,7 +86,7 @@ def prepare(config, devices: Sequence[jax.Device] | None = None) -> Prepared:
         f"batch_size={config.batch_size} is not divisible by the data-parallel size {dp} "
         f"x microbatches={config.microbatches}; use a multiple of {dp * config.microbatches}")
 
-  example = source.batch(0, config.batch_size)
+  example = source.batch(np.arange(config.batch_size))
   batch_sharding = rules_lib.batch_sharding(mesh, rules, ndim=2)
   batch_shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding)
                   for k, v in example.items()}
@@ -102,6 +117,7 @@ def prepare(config, devices: Sequence[jax.Device] | None = None) -> Prepared:
   tokens_per_step = task.tokens(example)
   described = task.describe(example)
   described["flops_per_token"]["measured"] = float(cost["flops"]) / tokens_per_step
+  memory = compiled.memory_analysis()
   record = {
       "config": config.to_dict(),
       "versions": run_record.versions(),
@@ -111,16 +127,14 @@ def prepare(config, devices: Sequence[jax.Device] | None = None) -> Prepared:
       "tokens_per_step": tokens_per_step,
       "data": {"source": config.data.source, "entropy_nats": source.entropy_nats},
       "compile_time_s": compile_s,
+      "memory_per_device_bytes": {
+          "arguments": memory.argument_size_in_bytes, "outputs": memory.output_size_in_bytes,
+          "temporaries": memory.temp_size_in_bytes, "aliased": memory.alias_size_in_bytes,
+          "code": memory.generated_code_size_in_bytes,
+          "peak": getattr(memory, "peak_memory_in_bytes", None)},
   }
-  return Prepared(config, task, source, mesh, rules, compiled, shardings, batch_sharding,
+  return Prepared(config, task, source, mesh, rules, compiled, abstract, batch_sharding,
                   batch_shapes, tx, record)
-
-
-def _claim_workdir(workdir: str) -> None:
-  if os.path.exists(os.path.join(workdir, "metrics.jsonl")):
-    raise ValueError(f"workdir {workdir} already holds a run (metrics.jsonl); choose a new "
-                     "--workdir or delete the old one")
-  os.makedirs(workdir, exist_ok=True)
 
 
 def _print_counts(record: dict[str, Any]) -> None:
@@ -134,49 +148,139 @@ def _print_counts(record: dict[str, Any]) -> None:
     print(f"loss floor (source entropy): {record['data']['entropy_nats']:.4f} nats/token")
 
 
+def _read_json(path: str) -> dict[str, Any] | None:
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def _truncate_metrics(path: str, last_step: int) -> None:
+  """Drops rows logged after ``last_step`` (they are about to be logged again), atomically."""
+  if not os.path.exists(path):
+    return
+  with open(path, encoding="utf-8") as f:
+    lines = [line for line in f if line.strip()]
+  kept = []
+  for line in lines:
+    try:
+      if json.loads(line)["step"] <= last_step:
+        kept.append(line)
+    except (json.JSONDecodeError, KeyError):
+      pass  # a row cut short by a kill
+  tmp = f"{path}.tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.writelines(kept)
+  os.replace(tmp, path)
+
+
+def _any_process(flag: bool) -> bool:
+  if jax.process_count() == 1:
+    return flag
+  return bool(np.any(multihost_utils.process_allgather(np.array(flag))))
+
+
 def run(prepared: Prepared, workdir: str, *, progress: bool = True) -> RunResult:
-  """Trains ``prepared`` for ``config.steps`` steps, logging into ``workdir``."""
+  """Trains ``prepared`` up to ``config.steps``, resuming from ``workdir`` if it holds a run."""
   config = prepared.config
-  _claim_workdir(workdir)
-  run_record.write_json_atomically(os.path.join(workdir, "config.json"), prepared.record)
   is_main = jax.process_index() == 0
-  if is_main and progress:
-    _print_counts(prepared.record)
-  with jax.set_mesh(prepared.mesh), nn.logical_axis_rules(prepared.rules):
-    state = state_lib.create_state(prepared.task, prepared.tx, prepared.batch_shapes,
-                                   jax.random.key(config.seed), prepared.state_shardings)
+  config_path = os.path.join(workdir, "config.json")
+  metrics_path = os.path.join(workdir, "metrics.jsonl")
+  previous = _read_json(config_path)
+  has_checkpoints = os.path.isdir(os.path.join(workdir, "checkpoints")) and any(
+      name.isdigit() for name in os.listdir(os.path.join(workdir, "checkpoints")))
+  if previous is not None and has_checkpoints:  # refuse before writing anything
+    resume_policy.check_resumable(previous["config"], config.to_dict(), checkpoint_step=0)
+
+  os.makedirs(workdir, exist_ok=True)
+  checkpoints = checkpointing.Checkpoints(workdir, keep=config.keep_checkpoints)
+  restored = checkpoints.restore_latest(prepared.abstract_state) if has_checkpoints else None
+  record = dict(prepared.record)
+  if restored is None:
+    start_step = 0
+    with jax.set_mesh(prepared.mesh), nn.logical_axis_rules(prepared.rules):
+      state = state_lib.create_state(prepared.task, prepared.tx, prepared.batch_shapes,
+                                     jax.random.key(config.seed),
+                                     jax.tree.map(lambda a: a.sharding, prepared.abstract_state))
+  else:
+    start_step, state, data_state = restored
+    expected = start_step * config.batch_size
+    if data_state.get("next_example") != expected:
+      raise ValueError(f"checkpoint {start_step} was taken at stream position "
+                       f"{data_state.get('next_example')}, not {expected}; batch_size changed?")
+    changes = resume_policy.check_resumable(previous["config"], config.to_dict(), start_step)
+    record["resumes"] = previous.get("resumes", []) + [{"step": start_step,
+                                                         "changed": changes}]
+  if is_main:
+    _truncate_metrics(metrics_path, start_step)
+    run_record.write_json_atomically(config_path, record)
+    if progress:
+      _print_counts(record)
+      if restored is not None:
+        print(f"resuming from the checkpoint at step {start_step}"
+              + (" (the run is already complete)" if start_step >= config.steps else ""))
+
   tokens_per_step = prepared.record["tokens_per_step"]
+  rows_of_process = process_rows(prepared.batch_sharding, config.batch_size)
   log = metrics_log.MetricsLog(workdir) if is_main else None
   rows: list[dict[str, Any]] = []
-  bar = tqdm(total=config.steps, unit="step", disable=not (is_main and progress),
-             dynamic_ncols=True)
-  last_time, last_step = time.perf_counter(), 0
+  bar = tqdm(total=config.steps, initial=start_step, unit="step", dynamic_ncols=True,
+             disable=not (is_main and progress))
+  last_time, last_step = time.perf_counter(), start_step
+  saved_step = start_step if restored is not None else None
+
+  def save(step_done: int) -> None:
+    nonlocal saved_step
+    bad = int(state.first_nonfinite_step)  # a host sync; checkpoints are sync points anyway
+    if bad >= 0:
+      last = "no checkpoint yet" if saved_step is None else f"last good checkpoint: step {saved_step}"
+      raise NonFiniteError(
+          f"non-finite loss or gradient at step {bad}; stopped without saving that state "
+          f"({last}); lower optimizer.lr or enable clipping")
+    checkpoints.save(step_done, state, {"next_example": step_done * config.batch_size})
+    saved_step = step_done
+
   try:
-    for step in range(config.steps):
-      batch = _host_to_global(prepared.source.batch(step, config.batch_size),
-                              prepared.batch_sharding)
-      state, metrics = prepared.compiled_step(state, batch)
-      bar.update(1)
-      done = step + 1
-      if done % config.log_every and done != config.steps:
-        continue
-      metrics = jax.device_get(metrics)  # the one host sync, at log intervals only
-      now = time.perf_counter()
-      elapsed, steps_taken = now - last_time, done - last_step
-      row = {"step": done, "tokens_seen": done * tokens_per_step,
-             "tokens_per_s": steps_taken * tokens_per_step / elapsed,
-             "step_time_s": elapsed / steps_taken,
-             **{k: float(v) for k, v in metrics.items()}}
-      rows.append(row)
-      if log:
-        log.write(row)
-      bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.3g}")
-      last_time, last_step = now, done
+    with preemption.StopRequests() as stop:
+      for step in range(start_step, config.steps):
+        indices = step * config.batch_size + rows_of_process
+        batch = {k: jax.make_array_from_process_local_data(prepared.batch_sharding, v,
+                                                            prepared.batch_shapes[k].shape)
+                 for k, v in prepared.source.batch(indices).items()}
+        state, metrics = prepared.compiled_step(state, batch)
+        bar.update(1)
+        done = step + 1
+        at_log = done % config.log_every == 0 or done == config.steps
+        if at_log:
+          metrics = jax.device_get(metrics)  # the one host sync per log interval
+          now = time.perf_counter()
+          elapsed, steps_taken = now - last_time, done - last_step
+          row = {"step": done, "tokens_seen": done * tokens_per_step,
+                 "tokens_per_s": steps_taken * tokens_per_step / elapsed,
+                 "step_time_s": elapsed / steps_taken,
+                 **{k: float(v) for k, v in metrics.items()}}
+          rows.append(row)
+          if log:
+            log.write(row)
+          if not (np.isfinite(row["loss"]) and np.isfinite(row["grad_norm"])):
+            save(done)  # raises NonFiniteError naming the first bad step
+          bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.3g}")
+          last_time, last_step = now, done
+        if done % config.checkpoint_every == 0 or done == config.steps:
+          save(done)
+        # Several processes agree at log intervals; a single one stops at the next step.
+        if (jax.process_count() == 1 or at_log) and _any_process(stop.received is not None):
+          if saved_step != done:
+            save(done)
+          checkpoints.wait()
+          raise preemption.Preempted(done, stop.signal_name or "a signal on another process")
   finally:
     bar.close()
     if log:
       log.close()
-  return RunResult(state=state, rows=rows, record=prepared.record)
+    checkpoints.close()
+  return RunResult(state=state, rows=rows, record=record,
+                   resumed_from=start_step if restored is not None else None)
 
 
 def train(config, workdir: str, *, devices: Sequence[jax.Device] | None = None,

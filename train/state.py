@@ -16,7 +16,8 @@ class TrainState:
   step: jax.Array
   params: Any
   opt_state: Any
-  rng: jax.Array  # per-step keys are fold_in(rng, step), so the stream is resumable
+  rng: jax.Array  # raw key data (uint32); step keys are fold_in(rng, step): resumable
+  first_nonfinite_step: jax.Array  # -1, or the (1-based, as logged) first non-finite step
 
 
 def _init_fn(task, tx: optax.GradientTransformation, batch_shapes) -> Callable:
@@ -25,7 +26,8 @@ def _init_fn(task, tx: optax.GradientTransformation, batch_shapes) -> Callable:
     dummy = {k: jax.numpy.zeros(v.shape, v.dtype) for k, v in batch_shapes.items()}
     params = task.init_params(params_rng, dummy)  # boxed: carries logical axis names
     return TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
-                      opt_state=tx.init(params), rng=state_rng)
+                      opt_state=tx.init(params), rng=jax.random.key_data(state_rng),
+                      first_nonfinite_step=jax.numpy.full((), -1, jax.numpy.int32))
   return init
 
 

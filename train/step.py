@@ -61,7 +61,7 @@ def make_train_step(task, tx: optax.GradientTransformation, schedule: optax.Sche
   grad_fn = jax.value_and_grad(objective, has_aux=True)
 
   def step(state: TrainState, batch) -> tuple[TrainState, dict[str, jax.Array]]:
-    rng = jax.random.fold_in(state.rng, state.step)
+    rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     if microbatches == 1:
       (_, metrics), grads = grad_fn(state.params, batch, rng)
     else:
@@ -93,7 +93,11 @@ def make_train_step(task, tx: optax.GradientTransformation, schedule: optax.Sche
       metrics.update(group_norms("param_norm", params, layer_norms_stacked))
       metrics.update(group_norms("grad_norm", grads, layer_norms_stacked))
       metrics.update(group_norms("update_norm", updates, layer_norms_stacked))
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+    first_bad = jnp.where((state.first_nonfinite_step < 0) & ~finite, state.step + 1,
+                          state.first_nonfinite_step)
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                              first_nonfinite_step=first_bad)
     return new_state, metrics
 
   return step

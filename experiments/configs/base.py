@@ -17,6 +17,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.microbatches = 1  # gradient accumulation: the batch is split into this many parts
   c.log_every = 10
   c.log_layer_norms = False  # per-layer-group norms of params, grads and updates
+  c.checkpoint_every = 100  # steps between Orbax checkpoints (one is always taken at the end)
+  c.keep_checkpoints = 3  # the newest this many are kept
 
   c.model = ml_collections.ConfigDict()
   m = c.model

@@ -1,0 +1,66 @@
+"""Orbax checkpoints under ``<workdir>/checkpoints/<step>/``: the train state and the data
+iterator's position, saved asynchronously and atomically (Orbax writes a temporary directory
+and renames it when complete, so a killed save never looks like a checkpoint)."""
+
+import os
+import shutil
+import time
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class Checkpoints:
+  """Saves every ``every`` steps and at the last step; keeps the newest ``keep``."""
+
+  def __init__(self, workdir: str, *, keep: int):
+    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    self._workdir = os.path.abspath(workdir)
+    self._keep = keep
+    self._manager = self._open()
+
+  def _open(self) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(max_to_keep=self._keep, create=True,
+                                           enable_async_checkpointing=True,
+                                           cleanup_tmp_directories=True)
+    return ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data"))
+
+  def steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def save(self, step: int, state: Any, data_state: dict[str, Any]) -> None:
+    """Starts an asynchronous save; device buffers are copied before this returns, so the
+    caller may donate ``state`` to the next step at once."""
+    self._manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)), force=True)
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict[str, Any]] | None:
+    """The newest checkpoint that restores cleanly, resharded onto ``abstract_state``'s
+    shardings. A checkpoint that fails to restore is moved to
+    ``<workdir>/corrupt_checkpoints/`` (kept for inspection, never loaded) with a message."""
+    for step in reversed(self.steps()):
+      try:
+        restored = self._manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+        return step, restored.state, restored.data
+      except Exception as e:  # any unreadable or incomplete checkpoint: fall back
+        reason = " ".join(str(e).split())[:200] or type(e).__name__
+        print(f"skipping checkpoint at step {step}: it does not restore ({reason})")
+        self._quarantine(step)
+    return None
+
+  def _quarantine(self, step: int) -> None:
+    if jax.process_index() == 0:
+      target = os.path.join(self._workdir, "corrupt_checkpoints", f"{step}-{int(time.time())}")
+      os.makedirs(os.path.dirname(target), exist_ok=True)
+      shutil.move(os.path.join(self.directory, str(step)), target)
+    self._manager.close()
+    self._manager = self._open()
+
+  def close(self) -> None:
+    self._manager.wait_until_finished()
+    self._manager.close()

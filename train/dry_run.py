@@ -1,0 +1,50 @@
+"""``isoflop train --dry_run``: what a step will cost, from the ahead-of-time compilation,
+before any accelerator time is spent on training."""
+
+import os
+from typing import Any
+
+import jax
+
+from isoflop.train import run_record
+
+
+def summary(prepared) -> dict[str, Any]:
+  record = prepared.record
+  return {
+      "memory_per_device_bytes": record["memory_per_device_bytes"],
+      "flops_per_step": record["flops_per_step"],
+      "flops_per_token": record["flops_per_token"],
+      "param_counts": record["param_counts"],
+      "n_params": record["n_params"],
+      "tokens_per_step": record["tokens_per_step"],
+      "compile_time_s": record["compile_time_s"],
+      "devices": record["devices"],
+      "versions": record["versions"],
+  }
+
+
+def _gib(n: int | None) -> str:
+  return "n/a" if n is None else f"{n / 2**30:.3f} GiB"
+
+
+def report(prepared, workdir: str) -> dict[str, Any]:
+  """Prints the summary and writes it to ``<workdir>/dry_run.json``; trains nothing."""
+  result = summary(prepared)
+  if jax.process_index() == 0:
+    memory = result["memory_per_device_bytes"]
+    devices = result["devices"]
+    print(f"dry run on {devices['count']} x {devices['kind']} ({devices['platform']}), "
+          f"mesh {devices['mesh']}")
+    print("memory per device: " + ", ".join(
+        f"{k}={_gib(memory[k])}" for k in ("arguments", "outputs", "temporaries", "peak")))
+    print("FLOPs per step: " + ", ".join(
+        f"{k}={v:.4g}" for k, v in result["flops_per_step"].items()))
+    counts = result["param_counts"]
+    print("parameters: " + ", ".join(
+        f"{k}={counts[k]:,}" for k in ("embedding", "non_embedding", "head", "total")))
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, "dry_run.json")
+    run_record.write_json_atomically(path, result)
+    print(f"wrote {path}")
+  return result

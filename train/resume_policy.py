@@ -1,0 +1,47 @@
+"""Which config changes a resumed run accepts: those that leave the trained function, the data
+order and the optimizer's trajectory up to the checkpoint unchanged."""
+
+from typing import Any
+
+# More steps, another mesh or rule table, other logging / checkpoint / eval frequencies.
+SAFE_TO_CHANGE = ("steps", "log_every", "log_layer_norms", "checkpoint_every",
+                  "keep_checkpoints", "eval_every", "mesh.data", "mesh.fsdp", "mesh.tensor",
+                  "mesh.rules")
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def config_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, list[Any]]:
+  """{dotted key: [old value, new value]} for every key that differs or exists on one side."""
+  old_flat, new_flat = flatten(old), flatten(new)
+  missing = object()
+  changes = {}
+  for key in sorted(set(old_flat) | set(new_flat)):
+    a, b = old_flat.get(key, missing), new_flat.get(key, missing)
+    if a != b:
+      changes[key] = [None if a is missing else a, None if b is missing else b]
+  return changes
+
+
+def check_resumable(old: dict[str, Any], new: dict[str, Any], checkpoint_step: int
+                    ) -> dict[str, list[Any]]:
+  """The accepted changes, or a one-line ValueError naming the refused ones."""
+  changes = config_changes(old, new)
+  refused = {k: v for k, v in changes.items() if k not in SAFE_TO_CHANGE}
+  if refused:
+    listed = ", ".join(f"{k} ({a!r} -> {b!r})" for k, (a, b) in refused.items())
+    raise ValueError(f"the config differs from the checkpointed run at {listed}; only "
+                     f"{', '.join(SAFE_TO_CHANGE)} may change on resume: restore those values "
+                     "or use a new --workdir")
+  if new["steps"] < checkpoint_step:
+    raise ValueError(f"steps={new['steps']} is below the checkpoint's step {checkpoint_step}; "
+                     "ask for at least that many steps or use a new --workdir")
+  return changes
