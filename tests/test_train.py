@@ -95,9 +95,11 @@ def test_bfloat16_compute_trains(tiny_config, tmp_path):
   assert all(p.dtype == np.float32 for p in jax.tree.leaves(result.state.params))
 
 
-def test_existing_run_is_not_overwritten(tiny_config, tmp_path):
-  loop.train(tiny_config, str(tmp_path), progress=False)
+def test_rerunning_a_finished_run_changes_nothing(tiny_config, tmp_path):
+  first = loop.train(tiny_config, str(tmp_path), progress=False)
   before = (tmp_path / "metrics.jsonl").read_text()
-  with pytest.raises(ValueError, match="already holds a run"):
-    loop.train(tiny_config, str(tmp_path), progress=False)
+  again = loop.train(tiny_config, str(tmp_path), progress=False)
+  assert again.resumed_from == tiny_config.steps and again.rows == []
   assert (tmp_path / "metrics.jsonl").read_text() == before
+  for x, y in zip(jax.tree.leaves(first.state.params), jax.tree.leaves(again.state.params)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
