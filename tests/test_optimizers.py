@@ -76,7 +76,7 @@ def test_clipping_bounds_the_global_norm():
                                                 schedule="constant"), 10)
   grads = jax.tree.map(lambda p: 100 * jnp.ones_like(p), PARAMS)
   updates, _ = tx.update(grads, tx.init(PARAMS), PARAMS)
-  assert float(optax.global_norm(updates)) == pytest.approx(1.0, rel=1e-5)
+  assert float(optax.tree.norm(updates)) == pytest.approx(1.0, rel=1e-5)
 
 
 @pytest.mark.parametrize("changes, message", [

@@ -117,11 +117,12 @@ def _rows_safely(workdir):
     return []
 
 
-def test_sigterm_saves_exits_75_and_resumes_bitwise(reference, tmp_path):
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
+def test_stop_signal_saves_exits_75_and_resumes_bitwise(reference, tmp_path, stop_signal):
   workdir = tmp_path / "run"
   process = _start(workdir)
   assert _wait_for(lambda: len(_rows_safely(workdir)) >= 3, process)
-  process.send_signal(signal.SIGTERM)
+  process.send_signal(stop_signal)
   _, err = process.communicate(timeout=120)
   assert process.returncode == 75, err
   assert "rerun the same command to resume" in err
