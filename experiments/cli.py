@@ -119,7 +119,7 @@ def train_command(argv: Sequence[str]) -> int:
   try:
     distributed.initialize(flag_values.coordinator_address, flag_values.num_processes,
                            flag_values.process_id)
-    prepared = loop.prepare(flag_values.config)
+    prepared = loop.prepare(flag_values.config, workdir=flag_values.workdir)
     if flag_values.dry_run:
       dry_run.report(prepared, flag_values.workdir)
       return 0

@@ -47,7 +47,8 @@ class Attention(nn.Module):
     return y_BLNK
 
   @nn.compact
-  def __call__(self, x_BLD: jax.Array, positions_BL: jax.Array) -> jax.Array:
+  def __call__(self, x_BLD: jax.Array, positions_BL: jax.Array,
+               segment_ids_BL: jax.Array | None = None) -> jax.Array:
     q_BLHK = self._project(x_BLD, self.n_heads, "query")
     k_BLGK = self._project(x_BLD, self.n_kv_heads, "key")
     v_BLGK = self._project(x_BLD, self.n_kv_heads, "value")
@@ -58,8 +59,11 @@ class Attention(nn.Module):
     q_BLHK = nn.with_logical_constraint(q_BLHK, names)
     k_BLGK = nn.with_logical_constraint(k_BLGK, names)
     v_BLGK = nn.with_logical_constraint(v_BLGK, names)
+    mask_B1LL = None
+    if segment_ids_BL is not None:  # packed documents: attend only within one's own
+      mask_B1LL = (segment_ids_BL[:, :, None] == segment_ids_BL[:, None, :])[:, None]
     out_BLHK = jax.nn.dot_product_attention(
-        q_BLHK, k_BLGK, v_BLGK, is_causal=True, scale=self.d_head ** -0.5,
+        q_BLHK, k_BLGK, v_BLGK, mask=mask_B1LL, is_causal=True, scale=self.d_head ** -0.5,
         implementation=self.implementation)
     out_BLHK = nn.with_logical_constraint(out_BLHK, names)
     d_model = x_BLD.shape[-1]

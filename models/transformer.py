@@ -110,7 +110,8 @@ class Block(nn.Module):
   deterministic: bool
 
   @nn.compact
-  def __call__(self, x_BLD: jax.Array, positions_BL: jax.Array):
+  def __call__(self, x_BLD: jax.Array, positions_BL: jax.Array,
+               segment_ids_BL: jax.Array | None):
     cfg = self.config
     dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
     # GPT-2: residual output projections start smaller, by 1/sqrt(2 * n_layers).
@@ -125,7 +126,7 @@ class Block(nn.Module):
         use_bias=cfg.use_bias, use_rope=cfg.positions == "rope", rope_theta=cfg.rope_theta,
         implementation=cfg.attention, kernel_init=_normal(cfg.init_std),
         out_kernel_init=out_init, dtype=dtype, param_dtype=param_dtype,
-        name="attention")(norm("attention_norm")(x_BLD), positions_BL)
+        name="attention")(norm("attention_norm")(x_BLD), positions_BL, segment_ids_BL)
     x_BLD = x_BLD + nn.Dropout(cfg.dropout, deterministic=self.deterministic)(h_BLD)
     h_BLD = mlp_lib.Mlp(
         d_ff=cfg.ff_dim, activation=cfg.activation, use_bias=cfg.use_bias,
@@ -142,7 +143,9 @@ class Decoder(nn.Module):
 
   @nn.compact
   def __call__(self, tokens_BL: jax.Array, *, positions_BL: jax.Array | None = None,
-               train: bool = False) -> jax.Array:
+               segment_ids_BL: jax.Array | None = None, train: bool = False) -> jax.Array:
+    """``segment_ids_BL`` (packed documents) keeps attention within equal ids; pass
+    ``positions_BL`` restarting at 0 in each document to match."""
     cfg = self.config
     dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
     if positions_BL is None:
@@ -165,9 +168,10 @@ class Decoder(nn.Module):
       block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=False)
     stack = nn.scan(
         block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
-        in_axes=(nn.broadcast,), length=cfg.n_layers, unroll=cfg.scan_unroll,
+        in_axes=(nn.broadcast, nn.broadcast), length=cfg.n_layers, unroll=cfg.scan_unroll,
         metadata_params={nn.PARTITION_NAME: "layers"})
-    x_BLD, _ = stack(cfg, deterministic=not train, name="layers")(x_BLD, positions_BL)
+    x_BLD, _ = stack(cfg, deterministic=not train, name="layers")(x_BLD, positions_BL,
+                                                                  segment_ids_BL)
 
     x_BLD = norms.make_norm(cfg.norm, eps=cfg.norm_eps, use_bias=cfg.use_bias, dtype=dtype,
                             param_dtype=param_dtype, name="final_norm")(x_BLD)

@@ -29,6 +29,7 @@ def decoder_config(config) -> transformer.TransformerConfig:
 class CausalLmTask:
   model_config: transformer.TransformerConfig
   z_loss: float = 0.0  # coefficient of mean(logsumexp(logits)^2) (PaLM's z-loss)
+  batch_keys = ("inputs", "targets")  # plus, for packed documents, segment_ids and positions
 
   @classmethod
   def from_config(cls, config) -> "CausalLmTask":
@@ -47,7 +48,8 @@ class CausalLmTask:
 
   def loss(self, params, batch, rng, train):
     logits_BLV = self.model.apply({"params": params}, batch["inputs"], train=train,
-                                  rngs={"dropout": rng})
+                                  positions_BL=batch.get("positions"),
+                                  segment_ids_BL=batch.get("segment_ids"), rngs={"dropout": rng})
     ce_BL = optax.softmax_cross_entropy_with_integer_labels(logits_BLV, batch["targets"])
     ce = ce_BL.mean()
     metrics = {"loss": ce}

@@ -48,6 +48,7 @@ class Prepared:
   mesh: Any
   rules: Any
   compiled_step: Any
+  compiled_eval: Any  # (params, batch) -> mean loss, or None when eval_every == 0
   abstract_state: Any  # ShapeDtypeStructs with their shardings
   batch_sharding: Any
   batch_shapes: dict[str, jax.ShapeDtypeStruct]
@@ -57,9 +58,25 @@ class Prepared:
 
 def _check_run_config(config) -> None:
   for name in ("steps", "batch_size", "seq_len", "log_every", "microbatches",
-               "checkpoint_every", "keep_checkpoints"):
+               "checkpoint_every", "keep_checkpoints", "eval_batches"):
     if config[name] <= 0:
       raise ValueError(f"{name}={config[name]} must be a positive integer")
+  if config.eval_every < 0:
+    raise ValueError(f"eval_every={config.eval_every} must be >= 0 (0 turns evaluation off)")
+
+
+def _data_budget(config, source) -> float | None:
+  """Epochs of the unique training examples the run will read; refuses more than allowed."""
+  unique = getattr(source, "num_train_examples", None)
+  if unique is None:
+    return None  # an unlimited stream
+  epochs = config.steps * config.batch_size / unique
+  if config.data.max_epochs is not None and epochs > config.data.max_epochs:
+    raise ValueError(
+        f"the run reads {epochs:.2f} epochs of the {unique:,} unique training sequences but "
+        f"data.max_epochs={config.data.max_epochs}; lower steps or batch_size, add data, or "
+        "raise data.max_epochs")
+  return epochs
 
 
 def process_rows(sharding, batch_size: int) -> np.ndarray:
@@ -71,12 +88,17 @@ def process_rows(sharding, batch_size: int) -> np.ndarray:
   return np.array(sorted(rows), dtype=np.int64)
 
 
-def prepare(config, devices: Sequence[jax.Device] | None = None) -> Prepared:
-  """Checks the config, builds mesh, task, data and optimizer, and compiles the step."""
+def prepare(config, devices: Sequence[jax.Device] | None = None,
+            workdir: str | None = None) -> Prepared:
+  """Checks the config, builds data, mesh, task and optimizer, and compiles the step. Writes
+  nothing to ``workdir`` (it is read for a tokenizer saved by an earlier run)."""
   _check_run_config(config)
+  source = data_lib.make_source(config, workdir=workdir)
+  if source.vocab_size is not None and source.vocab_size != config.model.vocab_size:
+    config = config.copy_and_resolve_references()
+    config.model.vocab_size = source.vocab_size  # the model's vocabulary follows the tokenizer
+  epochs = _data_budget(config, source)
   task = task_lib.make_task(config)
-  source = data_lib.make_source(config.data, config.model.vocab_size, config.seq_len,
-                                config.seed)
   tx, schedule = optimizers.make_optimizer(config.optimizer, config.steps)
   mesh = mesh_lib.build_mesh({a: config.mesh[a] for a in mesh_lib.MESH_AXES}, devices)
   rules = rules_lib.get_rules(config.mesh.rules)
@@ -87,6 +109,10 @@ def prepare(config, devices: Sequence[jax.Device] | None = None) -> Prepared:
         f"x microbatches={config.microbatches}; use a multiple of {dp * config.microbatches}")
 
   example = source.batch(np.arange(config.batch_size))
+  missing = set(task.batch_keys) - set(example)
+  if missing:
+    raise ValueError(f"data.source {config.data.source} gives {sorted(example)}, but the "
+                     f"{config.task} task needs {sorted(task.batch_keys)}; pick a matching source")
   batch_sharding = rules_lib.batch_sharding(mesh, rules, ndim=2)
   batch_shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding)
                   for k, v in example.items()}
@@ -114,6 +140,13 @@ def prepare(config, devices: Sequence[jax.Device] | None = None) -> Prepared:
     compile_s = time.perf_counter() - start
     # XLA counts a while-loop body once, so measure FLOPs on the step with layers unrolled.
     cost = jit_step(task.for_cost_analysis()).lower(abstract, batch_shapes).cost_analysis()
+    compiled_eval = None
+    if config.eval_every:
+      def eval_loss(params, batch):
+        return task.loss(params, batch, jax.random.key(0), train=False)[1]["loss"]
+      compiled_eval = jax.jit(
+          eval_loss, in_shardings=(shardings.params, batch_sharding),
+          out_shardings=rules_lib.replicated(mesh)).lower(abstract.params, batch_shapes).compile()
   tokens_per_step = task.tokens(example)
   described = task.describe(example)
   described["flops_per_token"]["measured"] = float(cost["flops"]) / tokens_per_step
@@ -125,7 +158,7 @@ def prepare(config, devices: Sequence[jax.Device] | None = None) -> Prepared:
       **described,
       "flops_per_step": {k: v * tokens_per_step for k, v in described["flops_per_token"].items()},
       "tokens_per_step": tokens_per_step,
-      "data": {"source": config.data.source, "entropy_nats": source.entropy_nats},
+      "data": {**source.describe(), "epochs": epochs},
       "compile_time_s": compile_s,
       "memory_per_device_bytes": {
           "arguments": memory.argument_size_in_bytes, "outputs": memory.output_size_in_bytes,
@@ -133,8 +166,8 @@ def prepare(config, devices: Sequence[jax.Device] | None = None) -> Prepared:
           "code": memory.generated_code_size_in_bytes,
           "peak": getattr(memory, "peak_memory_in_bytes", None)},
   }
-  return Prepared(config, task, source, mesh, rules, compiled, abstract, batch_sharding,
-                  batch_shapes, tx, record)
+  return Prepared(config, task, source, mesh, rules, compiled, compiled_eval, abstract,
+                  batch_sharding, batch_shapes, tx, record)
 
 
 def _print_counts(record: dict[str, Any]) -> None:
@@ -144,7 +177,7 @@ def _print_counts(record: dict[str, Any]) -> None:
   print("N by convention: " + ", ".join(f"{k}={v:,}" for k, v in record["n_params"].items()))
   print("train FLOPs/token: " + ", ".join(f"{k}={v:.4g}" for k, v in
                                           record["flops_per_token"].items()))
-  if record["data"]["entropy_nats"] is not None:
+  if record["data"].get("entropy_nats") is not None:
     print(f"loss floor (source entropy): {record['data']['entropy_nats']:.4f} nats/token")
 
 
@@ -205,13 +238,14 @@ def run(prepared: Prepared, workdir: str, *, progress: bool = True) -> RunResult
   else:
     start_step, state, data_state = restored
     expected = start_step * config.batch_size
-    if data_state.get("next_example") != expected:
+    if data_state.get("next_index") != expected:
       raise ValueError(f"checkpoint {start_step} was taken at stream position "
-                       f"{data_state.get('next_example')}, not {expected}; batch_size changed?")
+                       f"{data_state.get('next_index')}, not {expected}; batch_size changed?")
     changes = resume_policy.check_resumable(previous["config"], config.to_dict(), start_step)
     record["resumes"] = previous.get("resumes", []) + [{"step": start_step,
                                                          "changed": changes}]
   if is_main:
+    data_lib.save_tokenizer(prepared.source, workdir)
     _truncate_metrics(metrics_path, start_step)
     run_record.write_json_atomically(config_path, record)
     if progress:
@@ -229,6 +263,17 @@ def run(prepared: Prepared, workdir: str, *, progress: bool = True) -> RunResult
   last_time, last_step = time.perf_counter(), start_step
   saved_step = start_step if restored is not None else None
 
+  def global_batch(host_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    return {k: jax.make_array_from_process_local_data(prepared.batch_sharding, v,
+                                                      prepared.batch_shapes[k].shape)
+            for k, v in host_batch.items()}
+
+  def evaluate(step_done: int) -> dict[str, Any]:
+    losses = [prepared.compiled_eval(state.params, global_batch(prepared.source.eval_batch(
+        k * config.batch_size + rows_of_process))) for k in range(config.eval_batches)]
+    return {"step": step_done, "eval_loss": float(np.mean(jax.device_get(losses))),
+            "eval_tokens": config.eval_batches * tokens_per_step}
+
   def save(step_done: int) -> None:
     nonlocal saved_step
     bad = int(state.first_nonfinite_step)  # a host sync; checkpoints are sync points anyway
@@ -237,17 +282,16 @@ def run(prepared: Prepared, workdir: str, *, progress: bool = True) -> RunResult
       raise NonFiniteError(
           f"non-finite loss or gradient at step {bad}; stopped without saving that state "
           f"({last}); lower optimizer.lr or enable clipping")
-    checkpoints.save(step_done, state, {"next_example": step_done * config.batch_size})
+    # The data position, as grain's own iterator state names it: the next example's index.
+    checkpoints.save(step_done, state, {"next_index": step_done * config.batch_size})
     saved_step = step_done
 
   try:
     with preemption.StopRequests() as stop:
       for step in range(start_step, config.steps):
         indices = step * config.batch_size + rows_of_process
-        batch = {k: jax.make_array_from_process_local_data(prepared.batch_sharding, v,
-                                                            prepared.batch_shapes[k].shape)
-                 for k, v in prepared.source.batch(indices).items()}
-        state, metrics = prepared.compiled_step(state, batch)
+        state, metrics = prepared.compiled_step(
+            state, global_batch(prepared.source.batch(indices)))
         bar.update(1)
         done = step + 1
         at_log = done % config.log_every == 0 or done == config.steps
@@ -266,6 +310,11 @@ def run(prepared: Prepared, workdir: str, *, progress: bool = True) -> RunResult
             save(done)  # raises NonFiniteError naming the first bad step
           bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.3g}")
           last_time, last_step = now, done
+        if prepared.compiled_eval and (done % config.eval_every == 0 or done == config.steps):
+          row = evaluate(done)
+          rows.append(row)
+          if log:
+            log.write(row)
         if done % config.checkpoint_every == 0 or done == config.steps:
           save(done)
         # Several processes agree at log intervals; a single one stops at the next step.
@@ -286,4 +335,4 @@ def run(prepared: Prepared, workdir: str, *, progress: bool = True) -> RunResult
 def train(config, workdir: str, *, devices: Sequence[jax.Device] | None = None,
           progress: bool = True) -> RunResult:
   """Validates, compiles and runs ``config``; the programmatic form of ``isoflop train``."""
-  return run(prepare(config, devices), workdir, progress=progress)
+  return run(prepare(config, devices, workdir), workdir, progress=progress)

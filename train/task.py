@@ -11,6 +11,8 @@ import jax
 
 
 class Task(Protocol):
+  batch_keys: tuple[str, ...]  # what a batch must hold for this task
+
   def init_params(self, rng: jax.Array, batch: dict[str, jax.Array]) -> Any:
     """Parameters (Flax-boxed with logical axis names) for batches shaped like ``batch``."""
 

@@ -19,6 +19,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.log_layer_norms = False  # per-layer-group norms of params, grads and updates
   c.checkpoint_every = 100  # steps between Orbax checkpoints (one is always taken at the end)
   c.keep_checkpoints = 3  # the newest this many are kept
+  c.eval_every = 0  # steps between held-out evaluations (eval_loss rows); 0 = off
+  c.eval_batches = 4  # batches of held-out data per evaluation
 
   c.model = ml_collections.ConfigDict()
   m = c.model
@@ -66,9 +68,24 @@ def get_config() -> ml_collections.ConfigDict:
   c.loss.l2 = 0.0
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = "synthetic:markov"  # synthetic:markov | synthetic:uniform
-  c.data.branching = 8  # markov: successors per token
-  c.data.zipf = 1.0  # markov: Zipf exponent of the successor probabilities
+  d = c.data
+  # synthetic:markov | synthetic:uniform | synthetic:ngram | shakespeare | files:<glob>
+  # | tfds:<name>[/<config>][:<version>] | digits
+  d.source = "synthetic:markov"
+  d.tokenizer = "bytes"  # text sources: bytes (vocab 256) | sentencepiece (vocab data.vocab_size)
+  d.vocab_size = config_dict.placeholder(int)  # sentencepiece vocabulary size
+  d.branching = 8  # synthetic: successors per context
+  d.zipf = 1.0  # synthetic: Zipf exponent of the successor probabilities
+  d.max_order = 3  # synthetic:ngram: contexts of 1..max_order previous tokens
+  d.one_document_per_line = False  # files: each non-empty line is a document
+  d.tfds_split = "train"
+  d.tfds_data_dir = config_dict.placeholder(str)  # None: TFDS's default
+  d.text_key = "text"  # tfds: the text feature
+  d.max_documents = config_dict.placeholder(int)  # tfds: read at most this many documents
+  d.eval_fraction = 0.05  # text/images: share of documents held out for eval_loss
+  d.document_masking = False  # packed documents: attention stays within each document
+  d.max_epochs = config_dict.placeholder(float)  # refuse runs that repeat the data more
+  d.cache_dir = config_dict.placeholder(str)  # token cache; None: $ISOFLOP_CACHE_DIR or ~/.cache
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # -1 fills the devices left over by the other axes
