@@ -101,8 +101,11 @@ def open_tfds(spec: str, *, split: str, data_dir: str | None):
   """The random-access source of a prepared TFDS dataset, or a one-line error on how to
   prepare it."""
   import tensorflow_datasets as tfds
+  from absl import logging as absl_logging
 
   from isoflop.train.data import tfds_builders  # noqa: F401  registers the local test builders
+  verbosity = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.ERROR)  # our one line says it all
   try:
     return tfds.data_source(spec, split=split, data_dir=data_dir, download=False)
   except Exception as e:  # DatasetNotFoundError, AssertionError, FileNotFoundError, ...
@@ -112,3 +115,5 @@ def open_tfds(spec: str, *, split: str, data_dir: str | None):
         f"TFDS dataset {spec!r} (split {split!r}) is not prepared as array_record in {where} "
         f"({reason}); prepare it on a machine with internet: tfds build {spec.split(':')[0]} "
         f"--file_format=array_record --data_dir=DIR, then set data.tfds_data_dir=DIR") from None
+  finally:
+    absl_logging.set_verbosity(verbosity)

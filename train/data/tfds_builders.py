@@ -2,8 +2,16 @@
 TFDS, read back with ``tfds.data_source``) is tested for real on a machine that cannot
 download. Build one with ``builder(data_dir=DIR).download_and_prepare()``."""
 
+import os
+
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
+
+# TFDS finds a builder's metadata folder from its top-level package, which for a namespace
+# package like ``isoflop`` fails; point it at this folder directly.
+_HERE = epath.Path(os.path.dirname(os.path.abspath(__file__)))
+_CODE = _HERE / os.path.basename(__file__)
 
 _WORDS = ("the king and queen of a far country went to the sea where ships sail under "
           "stars while poets write long songs about love war and bread").split()
@@ -13,6 +21,8 @@ class IsoflopTinyText(tfds.core.GeneratorBasedBuilder):
   """300 short English-like documents under the feature ``text``."""
 
   VERSION = tfds.core.Version("1.0.0")
+  pkg_dir_path = _HERE
+  code_path = _CODE
 
   def _info(self):
     return self.dataset_info_from_configs(
@@ -35,6 +45,8 @@ class IsoflopTinyImages(tfds.core.GeneratorBasedBuilder):
   ``image`` and ``label``, as an image dataset's layout."""
 
   VERSION = tfds.core.Version("1.0.0")
+  pkg_dir_path = _HERE
+  code_path = _CODE
 
   def _info(self):
     return self.dataset_info_from_configs(features=tfds.features.FeaturesDict({
