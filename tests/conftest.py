@@ -11,6 +11,8 @@ CACHE_DIR = pathlib.Path(__file__).resolve().parent.parent / ".jax_cache"
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(CACHE_DIR))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+# Tokenized corpora and tokenizers, shared by test workers (entries are written atomically).
+os.environ.setdefault("ISOFLOP_CACHE_DIR", str(CACHE_DIR.parent / ".test_data_cache"))
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

@@ -207,8 +207,9 @@ def test_non_finite_loss_stops_and_keeps_good_checkpoints(tiny_config, tmp_path)
 
 
 def test_two_processes_match_one(tmp_path):
+  """Each process reads only its rows of the text stream; together they are the batch."""
   flags = ["--config=experiments/configs/tiny.py", "--config.steps=12", "--config.log_every=3",
-           "--config.optimizer.warmup_steps=4",
+           "--config.optimizer.warmup_steps=4", "--config.data.source=shakespeare",
            "--config.checkpoint_every=6", "--config.mesh.data=2", "--config.mesh.fsdp=2",
            "--config.mesh.tensor=2"]
   port = random.Random(os.getpid()).randint(20000, 40000)

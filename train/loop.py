@@ -79,12 +79,13 @@ def _data_budget(config, source) -> float | None:
   return epochs
 
 
-def process_rows(sharding, batch_size: int) -> np.ndarray:
-  """Rows of the global batch that this process's devices hold, in order."""
-  index_map = sharding.addressable_devices_indices_map((batch_size,))
+def process_rows(sharding, batch_size: int, devices=None) -> np.ndarray:
+  """Rows of the global batch that ``devices`` (default: this process's) hold, in order."""
+  devices = set(sharding.addressable_devices if devices is None else devices)
   rows = set()
-  for (rows_slice,) in index_map.values():
-    rows.update(range(*rows_slice.indices(batch_size)))
+  for device, (rows_slice,) in sharding.devices_indices_map((batch_size,)).items():
+    if device in devices:
+      rows.update(range(*rows_slice.indices(batch_size)))
   return np.array(sorted(rows), dtype=np.int64)
 
 

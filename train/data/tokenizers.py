@@ -82,7 +82,8 @@ def train_sentencepiece(documents: Iterable[str], vocab_size: int) -> SentencePi
         sentence_iterator=lines(), model_writer=model, vocab_size=vocab_size,
         model_type="unigram", character_coverage=1.0, byte_fallback=True, unk_id=0, bos_id=-1,
         eos_id=1, pad_id=-1, num_threads=1, shuffle_input_sentence=False,
-        input_sentence_size=2_000_000, max_sentence_length=16384, minloglevel=2)
+        input_sentence_size=2_000_000, max_sentence_length=16384, minloglevel=2,
+        hard_vocab_limit=False)  # a small corpus may give fewer pieces; the model follows
   except RuntimeError as e:
     reason = " ".join(str(e).split()).rsplit("] ", 1)[-1].split(" Increase")[0]
     raise ValueError(f"sentencepiece cannot make a vocabulary of data.vocab_size={vocab_size} "
