@@ -16,7 +16,7 @@ setup: $(STAMP)
 
 demo: setup
 	rm -rf runs/demo
-	$(BIN)/isoflop train --config=experiments/configs/tiny.py --workdir=runs/demo
+	$(BIN)/isoflop train --config=experiments/configs/tiny_shakespeare.py --workdir=runs/demo
 
 # pytest exits 5 when it collects no tests: an empty suite must not pass as green.
 test: setup
