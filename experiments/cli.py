@@ -115,11 +115,11 @@ def train_command(argv: Sequence[str]) -> int:
   flag_values = _parse_config(argv, define)
   if not flag_values.workdir:
     raise UsageError("missing --workdir; pass the run directory, e.g. --workdir=runs/x")
-  from isoflop.train import distributed, dry_run, loop, preemption
+  from isoflop.train import build, distributed, dry_run, loop, preemption
   try:
     distributed.initialize(flag_values.coordinator_address, flag_values.num_processes,
                            flag_values.process_id)
-    prepared = loop.prepare(flag_values.config, workdir=flag_values.workdir)
+    prepared = build.prepare(flag_values.config, workdir=flag_values.workdir)
     if flag_values.dry_run:
       dry_run.report(prepared, flag_values.workdir)
       return 0

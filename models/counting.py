@@ -14,7 +14,7 @@ N under each convention:
 
 Training FLOPs per token (forward + backward = 3 x forward), with T the sequence length,
 L layers, H query heads, G kv heads, Q head size, D width, F hidden width, V vocabulary:
-  kaplan      6 N_kaplan + 6 L T (H Q)              (Kaplan eq. 2.2, C = 6N + 6 n_layer n_ctx d_attn)
+  kaplan      6 N_kaplan + 6 L T (H Q)              (Kaplan eq. 2.2: 6N + 6 n_layer n_ctx d_attn)
   chinchilla  3 x [2 V D (embedding as a one-hot matmul) + L (2 D Q (2H + 2G) + 4 T H Q + 3 H T
               + 2 H Q D + 2 M D F) + 2 D V]         (Hoffmann App. F; M = 3 gated, 2 plain)
   palm        6 N_palm + 12 L H Q T                 (Chowdhery App. B)

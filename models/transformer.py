@@ -79,7 +79,8 @@ class TransformerConfig:
                "param_dtype": DTYPES}
     for name, allowed in choices.items():
       if getattr(self, name) not in allowed:
-        raise ValueError(f"model.{name}={getattr(self, name)!r} is unknown; choose one of {allowed}")
+        raise ValueError(
+            f"model.{name}={getattr(self, name)!r} is unknown; choose one of {allowed}")
     mlp_lib.check_activation(self.activation)
     if not 0.0 <= self.dropout < 1.0:
       raise ValueError(f"model.dropout={self.dropout} must be in [0, 1)")

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from isoflop.models import counting, transformer
-from isoflop.train import causal_lm, loop
+from isoflop.train import build, causal_lm
 
 BASE = transformer.TransformerConfig(vocab_size=100, d_model=32, n_layers=3, n_heads=4,
                                      d_ff=48, max_len=20)
@@ -55,7 +55,7 @@ def test_analytic_flops_agree_with_xla_measured(family, tiny_config):
   if family == "llama":
     c.model.update(positions="rope", norm="rmsnorm", activation="swiglu", use_bias=False,
                    tie_embeddings=False, n_kv_heads=2, d_ff=704)
-  record = loop.prepare(c, devices=jax.devices()[:1]).record
+  record = build.prepare(c, devices=jax.devices()[:1]).record
   flops = record["flops_per_token"]
   measured = flops["measured"]
   cfg = causal_lm.decoder_config(c)

@@ -15,7 +15,7 @@ from isoflop.experiments.configs import tiny
 from isoflop.sharding import mesh as mesh_lib
 from isoflop.sharding import rules as rules_lib
 from isoflop.train import data as data_lib
-from isoflop.train import loop
+from isoflop.train import build, loop
 from isoflop.train.data import synthetic, text, token_cache, tokenizers
 
 
@@ -160,6 +160,12 @@ def test_processes_read_disjoint_rows_that_make_up_the_batch():
     np.testing.assert_array_equal(source.batch(rows)["inputs"], whole[rows])
 
 
+def test_ngram_source_trains(tmp_path):
+  result = loop.train(_config(source="synthetic:ngram"), str(tmp_path), progress=False)
+  assert result.rows[-1]["loss"] < result.rows[0]["loss"]
+  assert result.record["data"]["entropy_nats"] == pytest.approx(1.8158, abs=1e-4)
+
+
 def test_shakespeare_trains_and_evaluates(tmp_path):
   c = _config(source="shakespeare")
   c.eval_every = 3
@@ -210,7 +216,7 @@ def test_data_budget_refuses_too_many_epochs(corpus):
   c = _config(source=f"files:{corpus}/*.txt", max_epochs=1.0)
   c.steps = 10_000
   with pytest.raises(ValueError, match=r"epochs of the .* data.max_epochs=1.0"):
-    loop.prepare(c, devices=jax.devices()[:1])
+    build.prepare(c, devices=jax.devices()[:1])
 
 
 def test_bytes_tokenizer_round_trips():

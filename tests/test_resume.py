@@ -4,7 +4,6 @@ another mesh, and non-finite losses."""
 import json
 import os
 import random
-import shutil
 import signal
 import subprocess
 import sys

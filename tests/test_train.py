@@ -4,7 +4,6 @@ import json
 
 import jax
 import numpy as np
-import pytest
 
 from isoflop.train import loop
 

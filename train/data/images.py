@@ -39,7 +39,8 @@ class ImageSource:
     return self._take(self._eval_ids[np.asarray(indices) % max(self.num_eval_examples, 1)])
 
   def describe(self) -> dict[str, Any]:
-    return {**self.info, "num_classes": self.num_classes, "image_shape": list(self.images.shape[1:]),
+    return {**self.info, "num_classes": self.num_classes,
+            "image_shape": list(self.images.shape[1:]),
             "train_examples": self.num_train_examples, "eval_examples": self.num_eval_examples}
 
 

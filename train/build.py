@@ -1,0 +1,143 @@
+"""Validate a run config and build everything a run needs, compiling the step ahead of time.
+
+Nothing here writes to the workdir, so a bad command leaves nothing behind, and
+``isoflop train --dry_run`` can report what a step costs before any training.
+"""
+
+import dataclasses
+import time
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import numpy as np
+
+from isoflop.sharding import mesh as mesh_lib
+from isoflop.sharding import rules as rules_lib
+from isoflop.train import data as data_lib
+from isoflop.train import optimizers, run_record
+from isoflop.train import state as state_lib
+from isoflop.train import step as step_lib
+from isoflop.train import task as task_lib
+
+
+@dataclasses.dataclass
+class Prepared:
+  """A validated, compiled run that has not yet written anything."""
+  config: Any
+  task: Any
+  source: Any
+  mesh: Any
+  rules: Any
+  compiled_step: Any
+  compiled_eval: Any  # (params, batch) -> mean loss, or None when eval_every == 0
+  abstract_state: Any  # ShapeDtypeStructs with their shardings
+  batch_sharding: Any
+  batch_shapes: dict[str, jax.ShapeDtypeStruct]
+  tx: Any
+  record: dict[str, Any]
+
+
+def _check_run_config(config) -> None:
+  for name in ("steps", "batch_size", "seq_len", "log_every", "microbatches",
+               "checkpoint_every", "keep_checkpoints", "eval_batches"):
+    if config[name] <= 0:
+      raise ValueError(f"{name}={config[name]} must be a positive integer")
+  if config.eval_every < 0:
+    raise ValueError(f"eval_every={config.eval_every} must be >= 0 (0 turns evaluation off)")
+
+
+def _data_budget(config, source) -> float | None:
+  """Epochs of the unique training examples the run will read; refuses more than allowed."""
+  unique = getattr(source, "num_train_examples", None)
+  if unique is None:
+    return None  # an unlimited stream
+  epochs = config.steps * config.batch_size / unique
+  if config.data.max_epochs is not None and epochs > config.data.max_epochs:
+    raise ValueError(
+        f"the run reads {epochs:.2f} epochs of the {unique:,} unique training sequences but "
+        f"data.max_epochs={config.data.max_epochs}; lower steps or batch_size, add data, or "
+        "raise data.max_epochs")
+  return epochs
+
+
+def prepare(config, devices: Sequence[jax.Device] | None = None,
+            workdir: str | None = None) -> Prepared:
+  """Checks the config, builds data, mesh, task and optimizer, and compiles the step. Writes
+  nothing to ``workdir`` (it is read for a tokenizer saved by an earlier run)."""
+  _check_run_config(config)
+  source = data_lib.make_source(config, workdir=workdir)
+  if source.vocab_size is not None and source.vocab_size != config.model.vocab_size:
+    config = config.copy_and_resolve_references()
+    config.model.vocab_size = source.vocab_size  # the model's vocabulary follows the tokenizer
+  epochs = _data_budget(config, source)
+  task = task_lib.make_task(config)
+  tx, schedule = optimizers.make_optimizer(config.optimizer, config.steps)
+  mesh = mesh_lib.build_mesh({a: config.mesh[a] for a in mesh_lib.MESH_AXES}, devices)
+  rules = rules_lib.get_rules(config.mesh.rules)
+  dp = rules_lib.data_parallel_size(mesh, rules)
+  if config.batch_size % (dp * config.microbatches):
+    raise ValueError(
+        f"batch_size={config.batch_size} is not divisible by the data-parallel size {dp} "
+        f"x microbatches={config.microbatches}; use a multiple of {dp * config.microbatches}")
+
+  example = source.batch(np.arange(config.batch_size))
+  missing = set(task.batch_keys) - set(example)
+  if missing:
+    raise ValueError(f"data.source {config.data.source} gives {sorted(example)}, but the "
+                     f"{config.task} task needs {sorted(task.batch_keys)}; pick a matching source")
+  batch_sharding = rules_lib.batch_sharding(mesh, rules, ndim=2)
+  batch_shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding)
+                  for k, v in example.items()}
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    shapes, logical_specs, shardings = state_lib.abstract_state(task, tx, batch_shapes, mesh,
+                                                                rules)
+    rules_lib.check_divisible(shapes, shardings)
+    abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                            shapes, shardings)
+    stacked = None
+    if config.log_layer_norms:
+      stacked = jax.tree.map(lambda spec: len(spec) > 0 and spec[0] == "layers",
+                             logical_specs.params,
+                             is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+
+    def jit_step(for_task):
+      step = step_lib.make_train_step(
+          for_task, tx, schedule, microbatches=config.microbatches, l1=config.loss.l1,
+          l2=config.loss.l2, layer_norms_stacked=stacked)
+      return jax.jit(step, in_shardings=(shardings, batch_sharding),
+                     out_shardings=(shardings, rules_lib.replicated(mesh)), donate_argnums=0)
+
+    start = time.perf_counter()
+    compiled = jit_step(task).lower(abstract, batch_shapes).compile()
+    compile_s = time.perf_counter() - start
+    # XLA counts a while-loop body once, so measure FLOPs on the step with layers unrolled.
+    cost = jit_step(task.for_cost_analysis()).lower(abstract, batch_shapes).cost_analysis()
+    compiled_eval = None
+    if config.eval_every:
+      def eval_loss(params, batch):
+        return task.loss(params, batch, jax.random.key(0), train=False)[1]["loss"]
+      compiled_eval = jax.jit(
+          eval_loss, in_shardings=(shardings.params, batch_sharding),
+          out_shardings=rules_lib.replicated(mesh)).lower(abstract.params, batch_shapes).compile()
+  tokens_per_step = task.tokens(example)
+  described = task.describe(example)
+  described["flops_per_token"]["measured"] = float(cost["flops"]) / tokens_per_step
+  memory = compiled.memory_analysis()
+  record = {
+      "config": config.to_dict(),
+      "versions": run_record.versions(),
+      "devices": run_record.devices_summary(mesh),
+      **described,
+      "flops_per_step": {k: v * tokens_per_step for k, v in described["flops_per_token"].items()},
+      "tokens_per_step": tokens_per_step,
+      "data": {**source.describe(), "epochs": epochs},
+      "compile_time_s": compile_s,
+      "memory_per_device_bytes": {
+          "arguments": memory.argument_size_in_bytes, "outputs": memory.output_size_in_bytes,
+          "temporaries": memory.temp_size_in_bytes, "aliased": memory.alias_size_in_bytes,
+          "code": memory.generated_code_size_in_bytes,
+          "peak": getattr(memory, "peak_memory_in_bytes", None)},
+  }
+  return Prepared(config, task, source, mesh, rules, compiled, compiled_eval, abstract,
+                  batch_sharding, batch_shapes, tx, record)
