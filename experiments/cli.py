@@ -18,7 +18,14 @@ subcommands:
           [--config.steps=40 --config.mesh.data=2 ...] [--dry_run]
           [--coordinator_address=host:port --num_processes=N --process_id=i]
 
-exit status: 0 done, 2 bad input, 3 non-finite loss, 75 preempted (SIGTERM/SIGINT; rerun)
+  sweep   run (or resume) every member of a sweep, writing <workdir>/runs.csv
+          isoflop sweep --sweep=experiments/sweeps/shakespeare_isoflop.py --workdir=runs/s
+          [--workers=K] [--dry_run]
+  analyze fit scaling laws to a sweep or a CSV: isoflop analyze --workdir=runs/s --out=DIR
+          (or --csv=FILE with columns N, loss and D or C)
+
+exit status: 0 done, 1 sweep with failed members, 2 bad input, 3 non-finite loss,
+75 preempted (SIGTERM/SIGINT; rerun the same command to resume)
 """
 EXIT_BAD_INPUT = 2
 EXIT_NON_FINITE = 3  # the loss or a gradient became NaN/inf; the last good checkpoint is intact
@@ -28,23 +35,22 @@ class UsageError(Exception):
   """Bad input from the command line; its message is the one line the user sees."""
 
 
-def _resolve_config_path(argv: list[str]) -> list[str]:
-  """Lets ``--config=experiments/configs/x.py`` work from any directory once installed."""
+def resolve_config_path(path: str, relative_to: str | None = None) -> str:
+  """A config path as given, else relative to ``relative_to``, else inside the installed
+  package (so ``experiments/configs/x.py`` works from any directory)."""
   import isoflop.experiments
   package_root = os.path.dirname(os.path.dirname(isoflop.experiments.__file__))
-  resolved = []
-  for arg in argv:
-    if arg.startswith("--config="):
-      path = arg.split("=", 1)[1]
-      if not os.path.exists(path):
-        if os.path.exists(os.path.join(package_root, path)):
-          path = os.path.join(package_root, path)
-        else:
-          raise UsageError(f"config file {path!r} not found; pass the path of a config file, "
-                           "e.g. --config=experiments/configs/tiny.py")
-      arg = f"--config={path}"
-    resolved.append(arg)
-  return resolved
+  for candidate in (path, relative_to and os.path.join(relative_to, path),
+                    os.path.join(package_root, path)):
+    if candidate and os.path.exists(candidate):
+      return candidate
+  raise UsageError(f"config file {path!r} not found; pass the path of a config file, "
+                   "e.g. --config=experiments/configs/tiny.py")
+
+
+def _resolve_config_path(argv: list[str]) -> list[str]:
+  return [f"--config={resolve_config_path(a.split('=', 1)[1])}" if a.startswith("--config=")
+          else a for a in argv]
 
 
 def _parse_config(argv: Sequence[str], extra_flags: Callable[[object], None]):
@@ -137,7 +143,47 @@ def train_command(argv: Sequence[str]) -> int:
   return 0
 
 
-SUBCOMMANDS = {"train": train_command}
+def sweep_command(argv: Sequence[str]) -> int:
+  from absl import flags
+  flag_values = flags.FlagValues()
+  flags.DEFINE_string("sweep", None, "sweep file (.py)", flag_values=flag_values)
+  flags.DEFINE_string("workdir", None, "sweep directory", flag_values=flag_values)
+  flags.DEFINE_integer("workers", 1, "members run at once, each on its share of the devices",
+                       flag_values=flag_values)
+  flags.DEFINE_bool("dry_run", False, "list the members with N, D, C and estimated time",
+                    flag_values=flag_values)
+  try:
+    flag_values(list(argv))
+  except flags.Error as e:
+    raise UsageError(_one_line(e)) from None
+  if not flag_values.sweep:
+    raise UsageError("missing --sweep; pass e.g. --sweep=experiments/sweeps/"
+                     "shakespeare_isoflop.py")
+  if not flag_values.workdir and not flag_values.dry_run:
+    raise UsageError("missing --workdir; pass the sweep directory, e.g. --workdir=runs/sweep")
+  from isoflop.experiments import sweep
+  path = resolve_sweep_path(flag_values.sweep)
+  try:
+    return sweep.run(path, flag_values.workdir, workers=flag_values.workers,
+                     dry_run=flag_values.dry_run)
+  except ValueError as e:
+    raise UsageError(_one_line(e)) from None
+
+
+def resolve_sweep_path(path: str) -> str:
+  try:
+    return resolve_config_path(path)
+  except UsageError:
+    raise UsageError(f"sweep file {path!r} not found; pass e.g. "
+                     "--sweep=experiments/sweeps/shakespeare_isoflop.py") from None
+
+
+def analyze_command(argv: Sequence[str]) -> int:
+  from isoflop.experiments.analysis import analyze
+  return analyze.main(list(argv))
+
+
+SUBCOMMANDS = {"train": train_command, "sweep": sweep_command, "analyze": analyze_command}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,247 @@
+"""``isoflop sweep``: run every member of a sweep, each a normal ``isoflop train`` run in its
+own sub-workdir, and keep ``<workdir>/runs.csv`` up to date.
+
+Rerunning the command skips finished members and resumes interrupted ones (their own
+checkpoints). ``--workers=K`` runs K members at once, each process bound to its own share of
+the devices; members come from one queue, so no two workers run the same member. A failing
+member is recorded (status ``failed``, its log in ``<member>/train.log``) and the sweep goes on.
+"""
+
+import json
+import os
+import queue
+import re
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from isoflop.experiments import cli, sweep_definition
+from isoflop.train import preemption, run_record
+
+CONVENTIONS = ("kaplan", "chinchilla", "palm")
+RUNS_COLUMNS = (["name", "workdir", "status", "budget", "target_params"]
+                + [f"N_{c}" for c in CONVENTIONS] + ["D"]
+                + [f"C_{c}" for c in CONVENTIONS + ("measured",)]
+                + ["final_train_loss", "final_eval_loss", "wall_time_s", "steps", "d_model",
+                   "n_layers", "branched"])
+
+
+def _flag_value(value: Any) -> str:
+  return repr(value) if isinstance(value, (float, tuple, list)) else str(value)
+
+
+def member_command(config_path: str, member_dir: str, overrides: dict[str, Any]) -> list[str]:
+  return [sys.executable, "-m", "isoflop.experiments.cli", "train", f"--config={config_path}",
+          f"--workdir={member_dir}",
+          *[f"--config.{k}={_flag_value(v)}" for k, v in overrides.items()]]
+
+
+def _read_json(path: str) -> dict | None:
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except (OSError, json.JSONDecodeError):
+    return None
+
+
+def _metric_rows(member_dir: str) -> list[dict]:
+  rows = []
+  try:
+    with open(os.path.join(member_dir, "metrics.jsonl"), encoding="utf-8") as f:
+      for line in f:
+        try:
+          rows.append(json.loads(line))
+        except json.JSONDecodeError:
+          pass  # a row cut short by a kill
+  except OSError:
+    pass
+  return rows
+
+
+def member_status(member_dir: str) -> str:
+  status = _read_json(os.path.join(member_dir, "status.json"))
+  if status:
+    return status["status"]
+  return "interrupted" if os.path.isdir(os.path.join(member_dir, "checkpoints")) else "pending"
+
+
+def runs_row(sweep_dir: str, member: sweep_definition.Member) -> dict[str, Any]:
+  """One row of runs.csv, from what the member's run wrote."""
+  member_dir = os.path.join(sweep_dir, member.name)
+  row = dict.fromkeys(RUNS_COLUMNS)
+  row.update(name=member.name, workdir=member.name, status=member_status(member_dir),
+             budget=member.budget, target_params=member.target_params, branched=False)
+  record = _read_json(os.path.join(member_dir, "config.json"))
+  if record:
+    steps = record["config"]["steps"]
+    tokens = steps * record["tokens_per_step"]
+    row.update(D=tokens, steps=steps, d_model=record["config"]["model"]["d_model"],
+               n_layers=record["config"]["model"]["n_layers"])
+    for c in CONVENTIONS:
+      row[f"N_{c}"] = record["n_params"][c]
+    for c, per_token in record["flops_per_token"].items():
+      row[f"C_{c}"] = per_token * tokens
+  rows = _metric_rows(member_dir)
+  train = [r for r in rows if "loss" in r]
+  evals = [r for r in rows if "eval_loss" in r]
+  row["final_train_loss"] = train[-1]["loss"] if train else None
+  row["final_eval_loss"] = evals[-1]["eval_loss"] if evals else None
+  status = _read_json(os.path.join(member_dir, "status.json")) or {}
+  row["wall_time_s"] = status.get("wall_time_s")
+  return row
+
+
+def write_runs_csv(sweep_dir: str, members) -> pd.DataFrame:
+  table = pd.DataFrame([runs_row(sweep_dir, m) for m in members], columns=list(RUNS_COLUMNS))
+  path = os.path.join(sweep_dir, "runs.csv")
+  table.to_csv(f"{path}.tmp", index=False)
+  os.replace(f"{path}.tmp", path)
+  return table
+
+
+def device_shares(workers: int) -> list[dict[str, str]]:
+  """Environment for each worker: its own share of the devices, found without initializing
+  an accelerator in this process (which would claim its memory)."""
+  probe = subprocess.run(
+      [sys.executable, "-c", "import jax; d = jax.devices(); print(len(d), d[0].platform)"],
+      capture_output=True, text=True, timeout=300)
+  if probe.returncode:
+    raise cli.UsageError(f"could not list the devices: {probe.stderr.strip()[-200:]}")
+  count, platform = probe.stdout.split()[-2:]
+  count = int(count)
+  if platform == "cpu" and workers > count:
+    count = workers  # CPU devices are threads on the host: one per worker
+  if workers < 1 or workers > count or count % workers:
+    raise cli.UsageError(f"--workers={workers} must divide the {count} {platform} devices")
+  per = count // workers
+  shares = []
+  for i in range(workers):
+    env = dict(os.environ)
+    if platform == "gpu":
+      visible = env.get("CUDA_VISIBLE_DEVICES", ",".join(map(str, range(count)))).split(",")
+      env["CUDA_VISIBLE_DEVICES"] = ",".join(visible[i * per:(i + 1) * per])
+    elif platform == "cpu":
+      flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "",
+                     env.get("XLA_FLAGS", ""))
+      env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={per}".strip()
+    elif workers > 1:
+      raise cli.UsageError(f"--workers > 1 is not supported on {platform}; run one worker")
+    shares.append(env)
+  return shares
+
+
+class _Progress:
+  """One bar over the whole sweep, in training steps, fed by the members' metrics files."""
+
+  def __init__(self, sweep_dir: str, members, steps: dict[str, int], enabled: bool):
+    self._dir, self._members, self._steps = sweep_dir, members, steps
+    self._bar = tqdm(total=sum(steps.values()), unit="step", disable=not enabled,
+                     dynamic_ncols=True, desc="sweep")
+
+  def refresh(self, finished: int, failed: int) -> None:
+    done = 0
+    for m in self._members:
+      rows = [r for r in _metric_rows(os.path.join(self._dir, m.name)) if "loss" in r]
+      done += min(rows[-1]["step"] if rows else 0, self._steps[m.name])
+    self._bar.n = done
+    self._bar.set_postfix(members=f"{finished}/{len(self._members)}", failed=failed)
+    self._bar.refresh()
+
+  def close(self) -> None:
+    self._bar.close()
+
+
+def run(sweep_path: str, sweep_dir: str, *, workers: int = 1, dry_run: bool = False,
+        progress: bool = True) -> int:
+  """Runs (or resumes) the sweep; returns the exit status (0 when every member is done)."""
+  sweep = sweep_definition.load(sweep_path)
+  config = sweep_definition.base_config(sweep, sweep_path)
+  config_path = cli.resolve_config_path(sweep.config, os.path.dirname(sweep_path))
+  members = sweep_definition.members(sweep, config)
+  shared = sweep_definition.shared_overrides(sweep)
+  if dry_run:
+    from isoflop.experiments import sweep_estimate
+    sweep_estimate.report(sweep, config, members)
+    return 0
+  shares = device_shares(workers)
+  os.makedirs(sweep_dir, exist_ok=True)
+  run_record.write_json_atomically(os.path.join(sweep_dir, "sweep.json"), {
+      "sweep_file": os.path.abspath(sweep_path), "sweep": sweep.to_dict(),
+      "config_file": os.path.abspath(config_path),
+      "members": [{"name": m.name, "overrides": m.overrides} for m in members]})
+  steps = {m.name: int(m.overrides.get("steps", config.steps)) for m in members}
+  todo = [m for m in members if member_status(os.path.join(sweep_dir, m.name)) != "done"]
+  tasks: queue.Queue = queue.Queue()
+  for m in todo:
+    tasks.put(m)
+  lock = threading.Lock()
+  running: dict[str, subprocess.Popen] = {}
+  stopping = threading.Event()
+
+  def work(env: dict[str, str]) -> None:
+    while not stopping.is_set():
+      try:
+        member = tasks.get_nowait()
+      except queue.Empty:
+        return
+      member_dir = os.path.join(sweep_dir, member.name)
+      os.makedirs(member_dir, exist_ok=True)
+      previous = _read_json(os.path.join(member_dir, "status.json")) or {}
+      start = time.perf_counter()
+      with open(os.path.join(member_dir, "train.log"), "a", encoding="utf-8") as log:
+        process = subprocess.Popen(
+            member_command(config_path, member_dir, {**shared, **member.overrides}),
+            stdout=log, stderr=subprocess.STDOUT, env=env, text=True)
+        with lock:
+          running[member.name] = process
+        code = process.wait()
+        with lock:
+          running.pop(member.name, None)
+      status = {0: "done", preemption.EXIT_PREEMPTED: "interrupted"}.get(code, "failed")
+      run_record.write_json_atomically(os.path.join(member_dir, "status.json"), {
+          "status": status, "returncode": code,
+          "wall_time_s": previous.get("wall_time_s", 0.0) + time.perf_counter() - start,
+          "error": _last_error(member_dir) if status == "failed" else None})
+      with lock:
+        write_runs_csv(sweep_dir, members)
+
+  bar = _Progress(sweep_dir, members, steps, progress)
+  threads = [threading.Thread(target=work, args=(env,), daemon=True) for env in shares]
+  with preemption.StopRequests() as stop:
+    for t in threads:
+      t.start()
+    while any(t.is_alive() for t in threads):
+      if stop.received is not None and not stopping.is_set():
+        stopping.set()  # members save a checkpoint and exit 75; rerun to resume
+        with lock:
+          for process in running.values():
+            process.send_signal(stop.received)
+      statuses = [member_status(os.path.join(sweep_dir, m.name)) for m in members]
+      bar.refresh(statuses.count("done"), statuses.count("failed"))
+      time.sleep(0.5)
+  table = write_runs_csv(sweep_dir, members)
+  bar.refresh((table.status == "done").sum(), (table.status == "failed").sum())
+  bar.close()
+  counts = table.status.value_counts().to_dict()
+  done = counts.get("done", 0)
+  summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+  print(f"sweep {sweep_dir}: {done}/{len(members)} members done ({summary}); "
+        f"{os.path.join(sweep_dir, 'runs.csv')}")
+  if stopping.is_set():
+    return preemption.EXIT_PREEMPTED
+  return 0 if done == len(members) else 1
+
+
+def _last_error(member_dir: str) -> str | None:
+  try:
+    with open(os.path.join(member_dir, "train.log"), encoding="utf-8") as f:
+      lines = [line.strip() for line in f.read().replace("\r", "\n").splitlines()]
+  except OSError:
+    return None
+  errors = [line for line in lines if "error" in line.lower()]
+  return (errors or [line for line in lines if line] or [None])[-1]

@@ -1,0 +1,138 @@
+"""Sweep files: ``experiments/sweeps/<name>.py`` defines ``get_sweep()`` returning a
+``ml_collections.ConfigDict``. This module loads one and expands it into members, each a
+normal ``isoflop train`` run given by a base config file and ``--config.*`` overrides.
+
+Kinds:
+  isoflop  for each compute budget C (FLOPs under ``flop_convention``), ``sizes_per_budget``
+           models log-spaced over ``size_span`` (a factor, 10 = a decade) around the expected
+           optimum N* = sqrt(C / (6 * tokens_per_param)); tokens D = C / (FLOPs per token).
+  ladder   models of the target sizes ``sizes``, each trained on tokens_per_param * N tokens.
+  grid     the cartesian product of ``grid`` (config keys nested as in the config, each with a
+           list of values) on the base config.
+``overrides`` (nested like the config) apply to every member.
+"""
+
+import dataclasses
+import importlib.util
+import itertools
+import math
+import os
+from typing import Any
+
+import ml_collections
+
+from isoflop.experiments import shapes
+from isoflop.models import counting
+from isoflop.train import causal_lm, resume_policy
+
+KINDS = ("isoflop", "ladder", "grid")
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+  name: str
+  overrides: dict[str, Any]  # dotted config key -> value
+  budget: float | None  # the target compute of an isoflop member, FLOPs
+  target_params: float | None
+
+
+def load(path: str) -> ml_collections.ConfigDict:
+  if not os.path.exists(path):
+    raise ValueError(f"sweep file {path!r} not found; pass e.g. "
+                     "--sweep=experiments/sweeps/shakespeare_isoflop.py")
+  spec = importlib.util.spec_from_file_location("_isoflop_sweep_file", path)
+  module = importlib.util.module_from_spec(spec)
+  try:
+    spec.loader.exec_module(module)
+  except Exception as e:  # the user's file failed to run: say where, not a traceback
+    raise ValueError(f"sweep file {path} failed to load ({type(e).__name__}: {e})") from None
+  if not callable(getattr(module, "get_sweep", None)):
+    raise ValueError(f"sweep file {path} does not define get_sweep(); it must return an "
+                     "ml_collections.ConfigDict (see experiments/sweeps/)")
+  sweep = module.get_sweep()
+  if not isinstance(sweep, ml_collections.ConfigDict) or sweep.get("kind") not in KINDS:
+    raise ValueError(f"get_sweep() in {path} must return a ConfigDict whose 'kind' is one of "
+                     f"{KINDS}")
+  return sweep
+
+
+def base_config(sweep, sweep_path: str) -> ml_collections.ConfigDict:
+  """The base config file (relative to the repository or the sweep file) with the sweep's
+  shared overrides applied."""
+  from isoflop.experiments import cli
+  path = cli.resolve_config_path(sweep.config, relative_to=os.path.dirname(sweep_path))
+  spec = importlib.util.spec_from_file_location("_isoflop_config_file", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  for key, value in shared_overrides(sweep).items():
+    set_key(config, key, value)
+  return config
+
+
+def shared_overrides(sweep) -> dict[str, Any]:
+  """The sweep's ``overrides`` (nested like the config) as dotted keys."""
+  overrides = sweep.get("overrides")
+  return resume_policy.flatten(overrides.to_dict()) if overrides else {}
+
+
+def set_key(config, dotted: str, value) -> None:
+  *parents, leaf = dotted.split(".")
+  node = config
+  for part in parents:
+    node = node[part]
+  if leaf not in node:
+    raise ValueError(f"sweep override {dotted} is not a config key")
+  node[leaf] = value
+
+
+def _sized_member(sweep, config, target: float, tokens: float | None, budget: float | None,
+                  name: str, exclude: frozenset = frozenset()) -> Member:
+  rule = sweep.shape
+  base = causal_lm.decoder_config(config)
+  model, n = shapes.shape_for(target, base, aspect_ratio=rule.aspect_ratio,
+                              head_size=rule.head_size, convention=sweep.n_convention,
+                              exclude=exclude)
+  per_token = counting.flops_per_token(model, config.seq_len)[sweep.flop_convention]
+  if budget is not None:
+    tokens = budget / per_token
+  tokens_per_step = config.batch_size * config.seq_len
+  steps = max(int(round(tokens / tokens_per_step)), 1)
+  overrides = {"model.d_model": model.d_model, "model.n_layers": model.n_layers,
+               "model.n_heads": model.n_heads, "steps": steps}
+  if model.n_kv_heads is not None:
+    overrides["model.n_kv_heads"] = model.n_kv_heads
+  if model.d_ff is not None:
+    overrides["model.d_ff"] = model.d_ff
+  if config.optimizer.warmup_steps > steps:
+    overrides["optimizer.warmup_steps"] = steps // 10
+  return Member(f"{name}_N{n:.3g}".replace("+", ""), overrides, budget, target)
+
+
+def members(sweep, config) -> list[Member]:
+  """Expands the sweep into its members, in a stable order."""
+  if sweep.kind == "grid":
+    grid = resume_policy.flatten(sweep.grid.to_dict())  # {"optimizer": {"lr": [...]}}
+    keys = sorted(grid)
+    out = []
+    for values in itertools.product(*(list(grid[k]) for k in keys)):
+      overrides = dict(zip(keys, values))
+      name = ",".join(f"{k.split('.')[-1]}={v}" for k, v in overrides.items())
+      out.append(Member(name, overrides, None, None))
+    return out
+  if sweep.kind == "ladder":
+    return [_sized_member(sweep, config, n, sweep.tokens_per_param * n, None, "ladder")
+            for n in sweep.sizes]
+  out = []
+  for budget in sweep.budgets:
+    optimum = math.sqrt(budget / (6 * sweep.tokens_per_param))
+    half_span = math.log(sweep.size_span) / 2
+    count = sweep.sizes_per_budget
+    widths: set[int] = set()
+    for i in range(count):
+      target = optimum * math.exp(-half_span + 2 * half_span * i / max(count - 1, 1))
+      member = _sized_member(sweep, config, target, None, budget, f"C{budget:.2g}",
+                             exclude=frozenset(widths))
+      widths.add(member.overrides["model.d_model"])
+      out.append(member)
+  return sorted(out, key=lambda m: (m.budget, m.target_params, m.name))

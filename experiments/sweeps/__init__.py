@@ -1,0 +1,1 @@
+"""Sweep files: each defines ``get_sweep()`` returning an ``ml_collections.ConfigDict``."""
