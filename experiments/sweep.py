@@ -75,7 +75,8 @@ def runs_row(sweep_dir: str, member: sweep_definition.Member) -> dict[str, Any]:
   member_dir = os.path.join(sweep_dir, member.name)
   row = dict.fromkeys(RUNS_COLUMNS)
   row.update(name=member.name, workdir=member.name, status=member_status(member_dir),
-             budget=member.budget, target_params=member.target_params, branched=False)
+             budget=member.budget, target_params=member.target_params,
+             branched=member.branch_of is not None)
   record = _read_json(os.path.join(member_dir, "config.json"))
   if record:
     steps = record["config"]["steps"]
@@ -97,7 +98,9 @@ def runs_row(sweep_dir: str, member: sweep_definition.Member) -> dict[str, Any]:
 
 
 def write_runs_csv(sweep_dir: str, members) -> pd.DataFrame:
-  table = pd.DataFrame([runs_row(sweep_dir, m) for m in members], columns=list(RUNS_COLUMNS))
+  """One row per member (shared WSD trunks are not points of the fits and are left out)."""
+  table = pd.DataFrame([runs_row(sweep_dir, m) for m in members if not m.is_stable_run],
+                       columns=list(RUNS_COLUMNS))
   path = os.path.join(sweep_dir, "runs.csv")
   table.to_csv(f"{path}.tmp", index=False)
   os.replace(f"{path}.tmp", path)
@@ -140,14 +143,16 @@ class _Progress:
 
   def __init__(self, sweep_dir: str, members, steps: dict[str, int], enabled: bool):
     self._dir, self._members, self._steps = sweep_dir, members, steps
-    self._bar = tqdm(total=sum(steps.values()), unit="step", disable=not enabled,
-                     dynamic_ncols=True, desc="sweep")
+    total = sum(steps[m.name] - (m.branch_step or 0) for m in members)
+    self._bar = tqdm(total=total, unit="step", disable=not enabled, dynamic_ncols=True,
+                     desc="sweep")
 
   def refresh(self, finished: int, failed: int) -> None:
     done = 0
-    for m in self._members:
+    for m in self._members:  # a branch only runs the steps after its branch point
       rows = [r for r in _metric_rows(os.path.join(self._dir, m.name)) if "loss" in r]
-      done += min(rows[-1]["step"] if rows else 0, self._steps[m.name])
+      last = min(rows[-1]["step"] if rows else 0, self._steps[m.name])
+      done += max(last - (m.branch_step or 0), 0)
     self._bar.n = done
     self._bar.set_postfix(members=f"{finished}/{len(self._members)}", failed=failed)
     self._bar.refresh()
@@ -176,9 +181,9 @@ def run(sweep_path: str, sweep_dir: str, *, workers: int = 1, dry_run: bool = Fa
       "members": [{"name": m.name, "overrides": m.overrides} for m in members]})
   steps = {m.name: int(m.overrides.get("steps", config.steps)) for m in members}
   todo = [m for m in members if member_status(os.path.join(sweep_dir, m.name)) != "done"]
+  # Shared WSD trunks first: their checkpoints are where the branches start.
+  phases = [[m for m in todo if m.is_stable_run], [m for m in todo if not m.is_stable_run]]
   tasks: queue.Queue = queue.Queue()
-  for m in todo:
-    tasks.put(m)
   lock = threading.Lock()
   running: dict[str, subprocess.Popen] = {}
   stopping = threading.Event()
@@ -193,10 +198,13 @@ def run(sweep_path: str, sweep_dir: str, *, workers: int = 1, dry_run: bool = Fa
       os.makedirs(member_dir, exist_ok=True)
       previous = _read_json(os.path.join(member_dir, "status.json")) or {}
       start = time.perf_counter()
+      overrides = {**shared, **member.overrides}
+      if member.branch_of:
+        overrides["init_from"] = os.path.join(os.path.abspath(sweep_dir), member.branch_of,
+                                              "checkpoints", str(member.branch_step))
       with open(os.path.join(member_dir, "train.log"), "a", encoding="utf-8") as log:
-        process = subprocess.Popen(
-            member_command(config_path, member_dir, {**shared, **member.overrides}),
-            stdout=log, stderr=subprocess.STDOUT, env=env, text=True)
+        process = subprocess.Popen(member_command(config_path, member_dir, overrides),
+                                   stdout=log, stderr=subprocess.STDOUT, env=env, text=True)
         with lock:
           running[member.name] = process
         code = process.wait()
@@ -211,30 +219,65 @@ def run(sweep_path: str, sweep_dir: str, *, workers: int = 1, dry_run: bool = Fa
         write_runs_csv(sweep_dir, members)
 
   bar = _Progress(sweep_dir, members, steps, progress)
-  threads = [threading.Thread(target=work, args=(env,), daemon=True) for env in shares]
   with preemption.StopRequests() as stop:
-    for t in threads:
-      t.start()
-    while any(t.is_alive() for t in threads):
-      if stop.received is not None and not stopping.is_set():
-        stopping.set()  # members save a checkpoint and exit 75; rerun to resume
-        with lock:
-          for process in running.values():
-            process.send_signal(stop.received)
-      statuses = [member_status(os.path.join(sweep_dir, m.name)) for m in members]
-      bar.refresh(statuses.count("done"), statuses.count("failed"))
-      time.sleep(0.5)
+    for phase in phases:
+      for m in phase:
+        tasks.put(m)
+      threads = [threading.Thread(target=work, args=(env,), daemon=True) for env in shares]
+      for t in threads:
+        t.start()
+      while any(t.is_alive() for t in threads):
+        if stop.received is not None and not stopping.is_set():
+          stopping.set()  # members save a checkpoint and exit 75; rerun to resume
+          with lock:
+            for process in running.values():
+              process.send_signal(stop.received)
+        statuses = [member_status(os.path.join(sweep_dir, m.name)) for m in members]
+        bar.refresh(statuses.count("done"), statuses.count("failed"))
+        time.sleep(0.5)
   table = write_runs_csv(sweep_dir, members)
+  _write_summary(sweep_dir, sweep, members, table)
   bar.refresh((table.status == "done").sum(), (table.status == "failed").sum())
   bar.close()
   counts = table.status.value_counts().to_dict()
   done = counts.get("done", 0)
+  trunks_done = all(member_status(os.path.join(sweep_dir, m.name)) == "done"
+                    for m in members if m.is_stable_run)
   summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-  print(f"sweep {sweep_dir}: {done}/{len(members)} members done ({summary}); "
+  print(f"sweep {sweep_dir}: {done}/{len(table)} members done ({summary}); "
         f"{os.path.join(sweep_dir, 'runs.csv')}")
   if stopping.is_set():
     return preemption.EXIT_PREEMPTED
-  return 0 if done == len(members) else 1
+  return 0 if done == len(table) and trunks_done else 1
+
+
+def _write_summary(sweep_dir: str, sweep, members, table: pd.DataFrame) -> dict:
+  """``sweep_summary.json``: member counts and, with WSD branching, the compute it saved
+  (the branches' shared prefixes, less the trunks that computed them once)."""
+  conv = sweep.flop_convention
+  saved = 0.0
+  for m in members:
+    record = _read_json(os.path.join(sweep_dir, m.name, "config.json"))
+    if record is None:
+      continue
+    per_step = record["flops_per_token"][conv] * record["tokens_per_step"]
+    if m.branch_of:
+      saved += per_step * m.branch_step
+    elif m.is_stable_run:
+      saved -= per_step * record["config"]["steps"]
+  total = pd.to_numeric(table[f"C_{conv}"], errors="coerce").sum()
+  summary = {"members": len(table), "done": int((table.status == "done").sum()),
+             "failed": int((table.status == "failed").sum()),
+             "flop_convention": conv, "member_flops": float(total),
+             "wsd_branching": {"branched_members": int(table.branched.sum()),
+                               "saved_flops": saved,
+                               "saved_fraction": saved / total if total else 0.0}}
+  run_record.write_json_atomically(os.path.join(sweep_dir, "sweep_summary.json"), summary)
+  if summary["wsd_branching"]["branched_members"]:
+    print(f"WSD branching: {summary['wsd_branching']['branched_members']} members branched; "
+          f"saved {saved:.3g} FLOPs ({summary['wsd_branching']['saved_fraction']:.0%} of the "
+          "members' compute)")
+  return summary
 
 
 def _last_error(member_dir: str) -> str | None:

@@ -6,7 +6,10 @@ Kinds:
   isoflop  for each compute budget C (FLOPs under ``flop_convention``), ``sizes_per_budget``
            models log-spaced over ``size_span`` (a factor, 10 = a decade) around the expected
            optimum N* = sqrt(C / (6 * tokens_per_param)); tokens D = C / (FLOPs per token).
-  ladder   models of the target sizes ``sizes``, each trained on tokens_per_param * N tokens.
+  ladder   models of the target sizes ``sizes``, each trained on tokens_per_param * N tokens
+           (``tokens_per_param`` may list several ratios: one member per size and ratio).
+With ``wsd_branching = True`` (and the WSD schedule), members that differ only in their
+token budget branch their decays from one shared warmup-stable run.
   grid     the cartesian product of ``grid`` (config keys nested as in the config, each with a
            list of values) on the base config.
 ``overrides`` (nested like the config) apply to every member.
@@ -34,6 +37,49 @@ class Member:
   overrides: dict[str, Any]  # dotted config key -> value
   budget: float | None  # the target compute of an isoflop member, FLOPs
   target_params: float | None
+  branch_of: str | None = None  # the shared warmup-stable run this member decays from
+  branch_step: int | None = None  # ... starting at this step of it
+  is_stable_run: bool = False  # a WSD trunk: run first, not a point of the fits
+
+
+def wsd_branches(members: list[Member], config) -> list[Member]:
+  """Members that differ only in ``steps`` share one warmup-stable run (constant learning
+  rate after the warmup) and branch their decays from its checkpoints (Hägele et al. 2024).
+
+  A branch restored at step s = steps - decay_steps has seen exactly what its own WSD run
+  would have (same warmup, the same constant rate until s, same data and RNG), so the result
+  is the same as training it alone; only the trunk's compute is shared.
+  """
+  if config.optimizer.schedule != "wsd":
+    raise ValueError("wsd_branching needs optimizer.schedule='wsd' in the base config or the "
+                     "sweep's overrides")
+  groups: dict[tuple, list[Member]] = {}
+  for m in members:
+    key = tuple(sorted((k, v) for k, v in m.overrides.items() if k != "steps"))
+    groups.setdefault(key, []).append(m)
+  out: list[Member] = []
+  fraction = config.optimizer.decay_fraction
+  for key, group in groups.items():
+    if len(group) < 2:
+      out.extend(group)
+      continue
+    overrides = dict(key)
+    warmup = overrides.get("optimizer.warmup_steps", config.optimizer.warmup_steps)
+    starts = {m.name: m.overrides["steps"] - max(int(round(fraction * m.overrides["steps"])), 1)
+              for m in group}
+    if min(starts.values()) < warmup:
+      out.extend(group)  # a decay would start inside the warmup: train these alone
+      continue
+    trunk = (f"stable_d{overrides.get('model.d_model', 'x')}"
+             f"_L{overrides.get('model.n_layers', 'x')}")
+    out.append(Member(trunk, {**overrides, "steps": max(starts.values()),
+                              "optimizer.schedule": "constant",
+                              "checkpoint_steps": tuple(sorted(set(starts.values()))),
+                              "checkpoint_every": 10 ** 9, "keep_checkpoints": len(group) + 1,
+                              "eval_every": 0}, None, None, is_stable_run=True))
+    out.extend(dataclasses.replace(m, branch_of=trunk, branch_step=starts[m.name])
+               for m in group)
+  return out
 
 
 def load(path: str) -> ml_collections.ConfigDict:
@@ -120,9 +166,12 @@ def members(sweep, config) -> list[Member]:
       name = ",".join(f"{k.split('.')[-1]}={v}" for k, v in overrides.items())
       out.append(Member(name, overrides, None, None))
     return out
-  if sweep.kind == "ladder":
-    return [_sized_member(sweep, config, n, sweep.tokens_per_param * n, None, "ladder")
-            for n in sweep.sizes]
+  if sweep.kind == "ladder":  # tokens_per_param may be one ratio or several
+    ratios = sweep.tokens_per_param
+    ratios = tuple(ratios) if isinstance(ratios, (tuple, list)) else (ratios,)
+    out = [_sized_member(sweep, config, n, r * n, None, f"ladder_r{r:g}")
+           for n in sweep.sizes for r in ratios]
+    return wsd_branches(out, config) if sweep.get("wsd_branching") else out
   out = []
   for budget in sweep.budgets:
     optimum = math.sqrt(budget / (6 * sweep.tokens_per_param))
@@ -135,4 +184,5 @@ def members(sweep, config) -> list[Member]:
                              exclude=frozenset(widths))
       widths.add(member.overrides["model.d_model"])
       out.append(member)
-  return sorted(out, key=lambda m: (m.budget, m.target_params, m.name))
+  out = sorted(out, key=lambda m: (m.budget, m.target_params, m.name))
+  return wsd_branches(out, config) if sweep.get("wsd_branching") else out

@@ -145,3 +145,43 @@ def test_bad_sweep_files(tmp_path, content, message):
 def test_missing_sweep_file(tmp_path):
   out = _sweep_cli("--sweep=experiments/sweeps/nope.py", f"--workdir={tmp_path}/run")
   assert out.returncode == 2 and "not found" in out.stderr
+
+
+def test_wsd_branches_equal_runs_trained_alone_and_save_compute(tmp_path):
+  import json
+
+  import numpy as np
+  import orbax.checkpoint as ocp
+
+  def ladder(branching):
+    text = SWEEP.format(kind="ladder", lrs=(1e-3,), steps=30).replace(
+        "s.sizes = (20000.0, 40000.0)", "s.sizes = (20000.0,)").replace(
+        "s.tokens_per_param = 20.0", "s.tokens_per_param = (2.0, 4.0)").replace(
+        '"warmup_steps": 2', '"warmup_steps": 2, "schedule": "wsd"')
+    text = text.replace("  return s\n", f"  s.wsd_branching = {branching}\n  return s\n")
+    path = tmp_path / f"ladder_{branching}.py"
+    path.write_text(text)
+    return str(path)
+
+  for branching in (True, False):
+    out = _sweep_cli(f"--sweep={ladder(branching)}", f"--workdir={tmp_path}/{branching}")
+    assert out.returncode == 0, out.stderr + out.stdout
+  branched = pd.read_csv(tmp_path / "True" / "runs.csv")
+  assert len(branched) == 2 and branched.branched.all()
+  summary = json.loads((tmp_path / "True" / "sweep_summary.json").read_text())
+  assert summary["wsd_branching"]["saved_flops"] > 0
+  for name in branched.name:  # the final parameters are those of the run trained alone
+    finals = []
+    for branching in ("True", "False"):
+      directory = tmp_path / branching / name / "checkpoints"
+      last = max(int(d.name) for d in directory.iterdir() if d.name.isdigit())
+      finals.append(jax_leaves(ocp.StandardCheckpointer().restore(directory / str(last) /
+                                                                  "state")))
+    for a, b in zip(*finals):
+      np.testing.assert_array_equal(a, b)
+
+
+def jax_leaves(tree):
+  import jax
+  import numpy as np
+  return [np.asarray(x) for x in jax.tree.leaves(tree["params"])]

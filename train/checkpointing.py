@@ -11,17 +11,40 @@ import jax
 import orbax.checkpoint as ocp
 
 
+def restore_from(step_dir: str, abstract_state: Any) -> tuple[int, Any, dict[str, Any]]:
+  """Another run's checkpoint ``<workdir>/checkpoints/<step>``, resharded onto
+  ``abstract_state``; a one-line ValueError when it is not a complete checkpoint."""
+  workdir, step = parse_step_dir(step_dir)
+  source = Checkpoints(workdir, keep=None, create=False)
+  try:
+    state, data = source.restore_step(step, abstract_state)
+  finally:
+    source.close()
+  return step, state, data
+
+
+def parse_step_dir(step_dir: str) -> tuple[str, int]:
+  """(workdir, step) of ``<workdir>/checkpoints/<step>``, or a one-line ValueError."""
+  step_dir = os.path.abspath(step_dir)
+  name = os.path.basename(step_dir)
+  if not name.isdigit() or not os.path.isdir(step_dir):
+    raise ValueError(f"init_from={step_dir} is not a checkpoint directory "
+                     "<workdir>/checkpoints/<step>; point it at one")
+  return os.path.dirname(os.path.dirname(step_dir)), int(name)
+
+
 class Checkpoints:
   """Saves every ``every`` steps and at the last step; keeps the newest ``keep``."""
 
-  def __init__(self, workdir: str, *, keep: int):
+  def __init__(self, workdir: str, *, keep: int | None, create: bool = True):
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
     self._workdir = os.path.abspath(workdir)
     self._keep = keep
+    self._create = create
     self._manager = self._open()
 
   def _open(self) -> ocp.CheckpointManager:
-    options = ocp.CheckpointManagerOptions(max_to_keep=self._keep, create=True,
+    options = ocp.CheckpointManagerOptions(max_to_keep=self._keep, create=self._create,
                                            enable_async_checkpointing=True,
                                            cleanup_tmp_directories=True)
     return ocp.CheckpointManager(self.directory, options=options, item_names=("state", "data"))
@@ -60,6 +83,11 @@ class Checkpoints:
       shutil.move(os.path.join(self.directory, str(step)), target)
     self._manager.close()
     self._manager = self._open()
+
+  def restore_step(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+    return restored.state, restored.data
 
   def close(self) -> None:
     self._manager.wait_until_finished()

@@ -98,12 +98,22 @@ def run(prepared: build.Prepared, workdir: str, *, progress: bool = True) -> Run
       name.isdigit() for name in os.listdir(os.path.join(workdir, "checkpoints")))
   if previous is not None and has_checkpoints:  # refuse before writing anything
     resume_policy.check_resumable(previous["config"], config.to_dict(), checkpoint_step=0)
+  if config.init_from and not has_checkpoints:
+    checkpointing.parse_step_dir(config.init_from)
 
   os.makedirs(workdir, exist_ok=True)
   checkpoints = checkpointing.Checkpoints(workdir, keep=config.keep_checkpoints)
   restored = checkpoints.restore_latest(prepared.abstract_state) if has_checkpoints else None
   record = dict(prepared.record)
-  if restored is None:
+  if restored is None and config.init_from:
+    start_step, state, data_state = checkpointing.restore_from(config.init_from,
+                                                              prepared.abstract_state)
+    if data_state.get("next_index") != start_step * config.batch_size:
+      raise ValueError(f"init_from={config.init_from} was saved with another batch size; "
+                       "branch only from runs with the same batch_size")
+    record["branched_from"] = {"checkpoint": os.path.abspath(config.init_from),
+                               "step": start_step}
+  elif restored is None:
     start_step = 0
     with jax.set_mesh(prepared.mesh), nn.logical_axis_rules(prepared.rules):
       state = state_lib.create_state(prepared.task, prepared.tx, prepared.batch_shapes,
@@ -135,7 +145,8 @@ def run(prepared: build.Prepared, workdir: str, *, progress: bool = True) -> Run
   bar = tqdm(total=config.steps, initial=start_step, unit="step", dynamic_ncols=True,
              disable=not (is_main and progress))
   last_time, last_step = time.perf_counter(), start_step
-  saved_step = start_step if restored is not None else None
+  saved_step = start_step if (restored is not None or config.init_from) else None
+  checkpoint_steps = set(config.checkpoint_steps)
 
   def global_batch(host_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     return {k: jax.make_array_from_process_local_data(prepared.batch_sharding, v,
@@ -190,7 +201,8 @@ def run(prepared: build.Prepared, workdir: str, *, progress: bool = True) -> Run
           rows.append(row)
           if log:
             log.write(row)
-        if done % config.checkpoint_every == 0 or done == config.steps:
+        if (done % config.checkpoint_every == 0 or done in checkpoint_steps
+            or done == config.steps):
           save(done)
         # Several processes agree at log intervals; a single one stops at the next step.
         if (jax.process_count() == 1 or at_log) and _any_process(stop.received is not None):

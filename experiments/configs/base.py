@@ -19,6 +19,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.log_layer_norms = False  # per-layer-group norms of params, grads and updates
   c.checkpoint_every = 100  # steps between Orbax checkpoints (one is always taken at the end)
   c.keep_checkpoints = 3  # the newest this many are kept
+  c.checkpoint_steps = ()  # extra steps to checkpoint at (e.g. WSD branch points)
+  # Start a new run from another run's checkpoint directory <workdir>/checkpoints/<step>
+  # (params, optimizer state, step, RNG, data position): how WSD branches are made.
+  c.init_from = config_dict.placeholder(str)
   c.eval_every = 0  # steps between held-out evaluations (eval_loss rows); 0 = off
   c.eval_batches = 4  # batches of held-out data per evaluation
 
