@@ -14,9 +14,13 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+# An IsoFLOP sweep (3 budgets x 5 sizes) on the embedded Shakespeare corpus, then the fits.
 demo: setup
 	rm -rf runs/demo
-	$(BIN)/isoflop train --config=experiments/configs/tiny_shakespeare.py --workdir=runs/demo
+	$(BIN)/isoflop sweep --sweep=experiments/sweeps/shakespeare_isoflop.py --workdir=runs/demo \
+	  --workers=2
+	$(BIN)/isoflop analyze --workdir=runs/demo --out=runs/demo/analysis
+	@echo "figures and fit.json: runs/demo/analysis/"
 
 # pytest exits 5 when it collects no tests: an empty suite must not pass as green.
 test: setup

@@ -28,7 +28,7 @@ RUNS_COLUMNS = (["name", "workdir", "status", "budget", "target_params"]
                 + [f"N_{c}" for c in CONVENTIONS] + ["D"]
                 + [f"C_{c}" for c in CONVENTIONS + ("measured",)]
                 + ["final_train_loss", "final_eval_loss", "wall_time_s", "steps", "d_model",
-                   "n_layers", "branched"])
+                   "n_layers", "branched", "final_train_loss_std", "final_eval_loss_std"])
 
 
 def _flag_value(value: Any) -> str:
@@ -92,6 +92,8 @@ def runs_row(sweep_dir: str, member: sweep_definition.Member) -> dict[str, Any]:
   evals = [r for r in rows if "eval_loss" in r]
   row["final_train_loss"] = train[-1]["loss"] if train else None
   row["final_eval_loss"] = evals[-1]["eval_loss"] if evals else None
+  row["final_train_loss_std"] = train[-1].get("loss_std") if train else None  # ensembles
+  row["final_eval_loss_std"] = evals[-1].get("eval_loss_std") if evals else None
   status = _read_json(os.path.join(member_dir, "status.json")) or {}
   row["wall_time_s"] = status.get("wall_time_s")
   return row

@@ -102,3 +102,18 @@ def test_rerunning_a_finished_run_changes_nothing(tiny_config, tmp_path):
   assert (tmp_path / "metrics.jsonl").read_text() == before
   for x, y in zip(jax.tree.leaves(first.state.params), jax.tree.leaves(again.state.params)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_seed_ensemble_trains_k_models_in_one_step(tiny_config, tmp_path):
+  single = loop.train(tiny_config, str(tmp_path / "single"), progress=False)
+  tiny_config.ensemble = 3
+  tiny_config.eval_every = 4
+  ensemble = loop.train(tiny_config, str(tmp_path / "ensemble"), progress=False)
+  train_rows = [r for r in ensemble.rows if "loss" in r]
+  assert all(len(r["loss_per_seed"]) == 3 and r["loss_std"] > 0 for r in train_rows)
+  # Member 0 uses the single run's seed and the same batches: the same model.
+  np.testing.assert_allclose([r["loss_per_seed"][0] for r in train_rows], _losses(single),
+                             rtol=1e-5)
+  kernel = ensemble.state.params["layers"]["mlp"]["wi"]["kernel"]
+  assert kernel.shape[0] == 3 and not np.allclose(kernel[0], kernel[1])
+  assert any("eval_loss_std" in r for r in ensemble.rows)

@@ -40,7 +40,7 @@ class Prepared:
 
 def _check_run_config(config) -> None:
   for name in ("steps", "batch_size", "seq_len", "log_every", "microbatches",
-               "checkpoint_every", "keep_checkpoints", "eval_batches"):
+               "checkpoint_every", "keep_checkpoints", "eval_batches", "ensemble"):
     if config[name] <= 0:
       raise ValueError(f"{name}={config[name]} must be a positive integer")
   if config.eval_every < 0:
@@ -90,8 +90,8 @@ def prepare(config, devices: Sequence[jax.Device] | None = None,
   batch_shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding)
                   for k, v in example.items()}
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    shapes, logical_specs, shardings = state_lib.abstract_state(task, tx, batch_shapes, mesh,
-                                                                rules)
+    shapes, logical_specs, shardings = state_lib.abstract_state(
+        task, tx, batch_shapes, mesh, rules, ensemble=config.ensemble)
     rules_lib.check_divisible(shapes, shardings)
     abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                             shapes, shardings)
@@ -105,6 +105,8 @@ def prepare(config, devices: Sequence[jax.Device] | None = None,
       step = step_lib.make_train_step(
           for_task, tx, schedule, microbatches=config.microbatches, l1=config.loss.l1,
           l2=config.loss.l2, layer_norms_stacked=stacked)
+      if config.ensemble > 1:  # K seeds in one compiled step, all on the same batch
+        step = jax.vmap(step, in_axes=(0, None))
       return jax.jit(step, in_shardings=(shardings, batch_sharding),
                      out_shardings=(shardings, rules_lib.replicated(mesh)), donate_argnums=0)
 
@@ -117,12 +119,16 @@ def prepare(config, devices: Sequence[jax.Device] | None = None,
     if config.eval_every:
       def eval_loss(params, batch):
         return task.loss(params, batch, jax.random.key(0), train=False)[1]["loss"]
+      if config.ensemble > 1:
+        eval_loss = jax.vmap(eval_loss, in_axes=(0, None))
       compiled_eval = jax.jit(
           eval_loss, in_shardings=(shardings.params, batch_sharding),
           out_shardings=rules_lib.replicated(mesh)).lower(abstract.params, batch_shapes).compile()
   tokens_per_step = task.tokens(example)
   described = task.describe(example)
-  described["flops_per_token"]["measured"] = float(cost["flops"]) / tokens_per_step
+  # Per model: an ensemble step trains ``ensemble`` models on each token.
+  described["flops_per_token"]["measured"] = (float(cost["flops"]) / tokens_per_step
+                                              / config.ensemble)
   memory = compiled.memory_analysis()
   record = {
       "config": config.to_dict(),
@@ -133,6 +139,7 @@ def prepare(config, devices: Sequence[jax.Device] | None = None,
       "tokens_per_step": tokens_per_step,
       "data": {**source.describe(), "epochs": epochs},
       "compile_time_s": compile_s,
+      "ensemble": config.ensemble,
       "memory_per_device_bytes": {
           "arguments": memory.argument_size_in_bytes, "outputs": memory.output_size_in_bytes,
           "temporaries": memory.temp_size_in_bytes, "aliased": memory.alias_size_in_bytes,

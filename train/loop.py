@@ -81,6 +81,19 @@ def _truncate_metrics(path: str, last_step: int) -> None:
   os.replace(tmp, path)
 
 
+def _summarize(name: str, value) -> dict[str, Any]:
+  """A scalar as is; an ensemble's per-seed values as their mean, and for losses also their
+  standard deviation and the values (the error bar of a sweep point)."""
+  value = np.asarray(value, np.float64)
+  if value.ndim == 0:
+    return {name: float(value)}
+  out = {name: float(value.mean())}
+  if name in ("loss", "eval_loss"):
+    out[f"{name}_std"] = float(value.std(ddof=1)) if value.size > 1 else 0.0
+    out[f"{name}_per_seed"] = [float(v) for v in value]
+  return out
+
+
 def _any_process(flag: bool) -> bool:
   if jax.process_count() == 1:
     return flag
@@ -116,8 +129,10 @@ def run(prepared: build.Prepared, workdir: str, *, progress: bool = True) -> Run
   elif restored is None:
     start_step = 0
     with jax.set_mesh(prepared.mesh), nn.logical_axis_rules(prepared.rules):
-      state = state_lib.create_state(prepared.task, prepared.tx, prepared.batch_shapes,
-                                     jax.random.key(config.seed),
+      seeds = config.seed + np.arange(config.ensemble)  # member i: seed + i (init, dropout)
+      keys = (jax.vmap(jax.random.key)(seeds) if config.ensemble > 1
+              else jax.random.key(config.seed))
+      state = state_lib.create_state(prepared.task, prepared.tx, prepared.batch_shapes, keys,
                                      jax.tree.map(lambda a: a.sharding, prepared.abstract_state))
   else:
     start_step, state, data_state = restored
@@ -156,12 +171,13 @@ def run(prepared: build.Prepared, workdir: str, *, progress: bool = True) -> Run
   def evaluate(step_done: int) -> dict[str, Any]:
     losses = [prepared.compiled_eval(state.params, global_batch(prepared.source.eval_batch(
         k * config.batch_size + rows_of_process))) for k in range(config.eval_batches)]
-    return {"step": step_done, "eval_loss": float(np.mean(jax.device_get(losses))),
+    per_seed = np.mean(np.asarray(jax.device_get(losses)), axis=0)
+    return {"step": step_done, **_summarize("eval_loss", per_seed),
             "eval_tokens": config.eval_batches * tokens_per_step}
 
   def save(step_done: int) -> None:
     nonlocal saved_step
-    bad = int(state.first_nonfinite_step)  # a host sync; checkpoints are sync points anyway
+    bad = int(np.max(state.first_nonfinite_step))  # a host sync, as every save is anyway
     if bad >= 0:
       last = ("no checkpoint yet" if saved_step is None
               else f"last good checkpoint: step {saved_step}")
@@ -187,8 +203,9 @@ def run(prepared: build.Prepared, workdir: str, *, progress: bool = True) -> Run
           elapsed, steps_taken = now - last_time, done - last_step
           row = {"step": done, "tokens_seen": done * tokens_per_step,
                  "tokens_per_s": steps_taken * tokens_per_step / elapsed,
-                 "step_time_s": elapsed / steps_taken,
-                 **{k: float(v) for k, v in metrics.items()}}
+                 "step_time_s": elapsed / steps_taken}
+          for k, v in metrics.items():
+            row.update(_summarize(k, v))
           rows.append(row)
           if log:
             log.write(row)

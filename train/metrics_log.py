@@ -29,7 +29,7 @@ class MetricsLog:
     self._file.write(json.dumps(row) + "\n")
     self._file.flush()
     for key, value in row.items():
-      if key != "step" and isinstance(value, (int, float)):
+      if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
         self._tb.add_scalar(key, value, row["step"])
 
   def close(self) -> None:

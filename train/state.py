@@ -6,7 +6,7 @@ import flax.linen as nn
 import flax.struct
 import jax
 import optax
-from jax.sharding import Mesh
+from jax.sharding import Mesh, PartitionSpec
 
 from isoflop.sharding import rules as rules_lib
 
@@ -31,14 +31,21 @@ def _init_fn(task, tx: optax.GradientTransformation, batch_shapes) -> Callable:
   return init
 
 
-def abstract_state(task, tx, batch_shapes, mesh: Mesh, rules) -> tuple[Any, Any, Any]:
-  """(shapes, logical PartitionSpecs, NamedShardings) of the unboxed state; allocates nothing."""
+def abstract_state(task, tx, batch_shapes, mesh: Mesh, rules, ensemble: int = 1
+                   ) -> tuple[Any, Any, Any]:
+  """(shapes, logical PartitionSpecs of one member, NamedShardings) of the unboxed state;
+  allocates nothing. With ``ensemble`` > 1 every array gets a leading, unsharded seed axis."""
   init = _init_fn(task, tx, batch_shapes)
   boxed = jax.eval_shape(init, jax.random.key(0))
   logical_specs = nn.get_partition_spec(boxed)
-  shardings = rules_lib.logical_to_sharding(logical_specs, mesh, rules)
   shapes = jax.tree.map(lambda x: x.unbox(apply_constraint=False) if _is_box(x) else x, boxed,
                         is_leaf=_is_box)
+  placed = logical_specs
+  if ensemble > 1:
+    placed = jax.tree.map(lambda spec: PartitionSpec(None, *spec), logical_specs,
+                          is_leaf=lambda x: isinstance(x, PartitionSpec))
+    shapes = jax.tree.map(lambda s: jax.ShapeDtypeStruct((ensemble, *s.shape), s.dtype), shapes)
+  shardings = rules_lib.logical_to_sharding(placed, mesh, rules)
   return shapes, logical_specs, shardings
 
 
@@ -47,6 +54,8 @@ def _is_box(x) -> bool:
 
 
 def create_state(task, tx, batch_shapes, rng: jax.Array, shardings) -> TrainState:
-  """Initializes every array on its own shards: parameters are never whole on one device."""
+  """Initializes every array on its own shards: parameters are never whole on one device.
+  A batch of keys (one per seed) gives an ensemble state with a leading seed axis."""
   init = _init_fn(task, tx, batch_shapes)
-  return jax.jit(lambda r: nn.meta.unbox(init(r)), out_shardings=shardings)(rng)
+  one = lambda r: nn.meta.unbox(init(r))  # noqa: E731
+  return jax.jit(jax.vmap(one) if rng.ndim else one, out_shardings=shardings)(rng)

@@ -17,6 +17,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.microbatches = 1  # gradient accumulation: the batch is split into this many parts
   c.log_every = 10
   c.log_layer_norms = False  # per-layer-group norms of params, grads and updates
+  # Seeds trained together in one compiled step (vmap over params and RNG; member i uses
+  # seed + i for its init and dropout; all see the same batches): loss rows gain loss_std.
+  c.ensemble = 1
   c.checkpoint_every = 100  # steps between Orbax checkpoints (one is always taken at the end)
   c.keep_checkpoints = 3  # the newest this many are kept
   c.checkpoint_steps = ()  # extra steps to checkpoint at (e.g. WSD branch points)
