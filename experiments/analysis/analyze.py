@@ -1,0 +1,274 @@
+"""`isoflop analyze`: Chinchilla's three approaches on a sweep or a CSV; fit.json and figures.
+
+  isoflop analyze --workdir=runs/sweep --out=runs/sweep/analysis
+  isoflop analyze --csv=points.csv --out=runs/fit [--drop_highest_loss=5] [--bootstrap=200]
+
+Every fitted value in fit.json is {"value": x, "ci95": [lo, hi]}: a percentile bootstrap
+interval (null without enough replicates). N in parameters, D in tokens, C in FLOPs.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import sys
+import tempfile
+from typing import Sequence
+
+import numpy as np
+
+from isoflop.experiments.analysis import approach1
+from isoflop.experiments.analysis import approach2
+from isoflop.experiments.analysis import approach3
+from isoflop.experiments.analysis import figures
+from isoflop.experiments.analysis import inputs
+
+PROG = "isoflop analyze"
+EXIT_BAD_INPUT = 2
+CHINCHILLA_BUDGET = 5.76e23  # FLOPs, Chinchilla's training compute (Hoffmann et al. 2022)
+APPROACHES = {"approach1": approach1.fit, "approach2": approach2.fit, "approach3": approach3.fit}
+CONTRAST = {"kaplan": ("kaplan", "kaplan"), "chinchilla": ("chinchilla", "chinchilla")}
+CONTRAST_TITLES = {"kaplan": "Kaplan: N without embeddings, C = C_kaplan",
+                   "chinchilla": "Chinchilla: N with embeddings, C = C_chinchilla"}
+PORIAN_NOTE = ("Porian et al. (2024) attribute the gap between Kaplan et al.'s and Hoffmann et "
+               "al.'s exponents largely to Kaplan counting N without the embedding parameters "
+               "(and C with the matching FLOPs), which bends N_opt(C) at small scale.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Analysis:
+  fit: dict  # the content of fit.json
+  paths: list[str]  # files written: the figures, then fit.json
+
+
+def _load(csv: str | None, workdir: str | None, n_convention: str, flop_convention: str,
+          drop_highest_loss: int) -> inputs.Points:
+  if csv is not None:
+    points = inputs.from_csv(csv)
+  else:
+    points = inputs.from_sweep(workdir, n_convention, flop_convention)
+  return inputs.drop_highest_loss(points, drop_highest_loss)
+
+
+def _run(points: inputs.Points, names: Sequence[str], bootstrap: int, seed: int) -> dict:
+  """Each approach's result, or the reason (a string) it was skipped."""
+  results = {}
+  for name in names:
+    try:
+      results[name] = APPROACHES[name](points, bootstrap, seed)
+    except inputs.NotEnoughData as e:
+      results[name] = str(e)
+  return results
+
+
+def _as_json(result, extrapolate_to: float) -> dict:
+  if isinstance(result, str):
+    return {"skipped": True, "reason": result}
+  return result.to_json(extrapolate_to)
+
+
+def _frontier_and_points(result) -> tuple:
+  """(Frontier, (C, N_opt, D_opt) arrays or None) of an approach's result, for the figures."""
+  if isinstance(result, approach3.Result):
+    return result.frontier(), None
+  if isinstance(result, approach2.Result):
+    used = result.used
+    c = np.array([p.c_opt for p in used])
+    n_opt = np.array([p.n_opt for p in used])
+    return result.frontier, (c, n_opt, c / (6.0 * n_opt))
+  return result.frontier, tuple(result.points[k].to_numpy() for k in ("C", "N_opt", "D_opt"))
+
+
+def _contrast(workdir: str, main_conventions: tuple, main_results: dict, bootstrap: int,
+              seed: int, drop_highest_loss: int) -> tuple[dict, dict]:
+  """Approaches 2 and 3 under Kaplan's and Chinchilla's conventions: (fit.json part, panels)."""
+  part, panels = {"note": PORIAN_NOTE}, {}
+  for label, (n_convention, flop_convention) in CONTRAST.items():
+    if (n_convention, flop_convention) == main_conventions:
+      results = {k: main_results[k] for k in ("approach2", "approach3")}
+    else:
+      try:
+        points = _load(None, workdir, n_convention, flop_convention, drop_highest_loss)
+      except inputs.AnalysisInputError as e:
+        part[label] = {"skipped": True, "reason": str(e)}
+        continue
+      results = _run(points, ("approach2", "approach3"), bootstrap, seed)
+    entry = {"n_convention": n_convention, "flop_convention": flop_convention}
+    for name, result in results.items():
+      entry[name] = _as_json(result, CHINCHILLA_BUDGET)
+      if not isinstance(result, str):
+        entry[name] = {"a": entry[name]["a"]}
+    part[label] = entry
+    usable = {k: _frontier_and_points(r) for k, r in results.items() if not isinstance(r, str)}
+    if usable:
+      panels[CONTRAST_TITLES[label]] = usable
+  return part, panels
+
+
+def _clean(value):
+  """Plain JSON values: numpy scalars to Python numbers, NaN and infinities to null."""
+  if isinstance(value, dict):
+    return {str(k): _clean(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_clean(v) for v in value]
+  if isinstance(value, (np.integer, np.bool_)):
+    return value.item()
+  if isinstance(value, (float, np.floating)):
+    return float(value) if math.isfinite(value) else None
+  return value
+
+
+def write_json_atomically(path: str, payload: dict) -> None:
+  """Writes to a temporary file in the same directory, then renames it over `path`."""
+  handle, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", suffix=".tmp")
+  try:
+    with os.fdopen(handle, "w", encoding="utf-8") as f:
+      json.dump(_clean(payload), f, indent=2, allow_nan=False)
+      f.write("\n")
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; fit.json is meant to be shared
+    os.replace(tmp, path)
+  except BaseException:
+    os.unlink(tmp)
+    raise
+
+
+def run_analysis(*, out: str, csv: str | None = None, workdir: str | None = None,
+                 n_convention: str = "chinchilla", flop_convention: str = "chinchilla",
+                 bootstrap: int = 200, seed: int = 0, extrapolate_to: float = CHINCHILLA_BUDGET,
+                 drop_highest_loss: int = 0) -> Analysis:
+  """Fits the three approaches, writes the figures then fit.json into `out`.
+
+  Raises AnalysisInputError on bad input, or when no approach can run; fit.json is then left
+  as it was.
+  """
+  if (csv is None) == (workdir is None):
+    raise inputs.AnalysisInputError("pass exactly one of --csv=FILE and --workdir=SWEEP_DIR")
+  if bootstrap < 0 or drop_highest_loss < 0:
+    raise inputs.AnalysisInputError("--bootstrap and --drop_highest_loss must be >= 0")
+  if not (math.isfinite(extrapolate_to) and extrapolate_to > 0):
+    raise inputs.AnalysisInputError(f"--extrapolate_to={extrapolate_to} must be positive FLOPs")
+  points = _load(csv, workdir, n_convention, flop_convention, drop_highest_loss)
+  results = _run(points, list(APPROACHES), bootstrap, seed)
+  if all(isinstance(r, str) for r in results.values()):
+    reasons = "; ".join(f"{k}: {r}" for k, r in results.items())
+    raise inputs.AnalysisInputError(f"no approach can run on the {len(points.table)} points "
+                                    f"of {points.source}: {reasons}")
+  fit = {"inputs": {"count": len(points.table), "source": points.source,
+                    "loss_column": points.loss_column, "dropped_highest_loss": drop_highest_loss},
+         "n_convention": n_convention, "flop_convention": flop_convention,
+         "bootstrap": bootstrap, "seed": seed, "extrapolate_to": extrapolate_to}
+  fit.update({name: _as_json(result, extrapolate_to) for name, result in results.items()})
+  ran = {k: r for k, r in results.items() if not isinstance(r, str)}
+  panels = {}
+  if workdir is not None:
+    fit["contrast"], panels = _contrast(workdir, (n_convention, flop_convention), results,
+                                        bootstrap, seed, drop_highest_loss)
+
+  os.makedirs(out, exist_ok=True)
+  table = points.table
+  frontiers = {k: _frontier_and_points(r) for k, r in ran.items()}
+  # The envelope of Approach 1 reaches below the smallest final compute.
+  c_seen = [table["C"].to_numpy()] + [p[0] for _, p in frontiers.values() if p is not None]
+  c_range = (float(min(c.min() for c in c_seen)), float(max(c.max() for c in c_seen)))
+  paths = []
+  if "approach2" in ran:
+    paths += figures.isoflop_curves(ran["approach2"], out)
+  paths += figures.optimal_scaling(frontiers, c_range, extrapolate_to, out)
+  if "approach3" in ran:
+    paths += figures.approach3_contours(ran["approach3"], table["N"].to_numpy(),
+                                        table["D"].to_numpy(), out)
+  if panels:
+    paths += figures.contrast(panels, c_range, out)
+  fit["figures"] = [os.path.basename(p) for p in paths]
+  fit_path = os.path.join(out, "fit.json")
+  write_json_atomically(fit_path, fit)
+  return Analysis(fit, paths + [fit_path])
+
+
+def _interval(estimate: dict, digits: int = 4) -> str:
+  value, ci = estimate["value"], estimate["ci95"]
+  text = f"{value:.{digits}g}"
+  return text + (f" [{ci[0]:.{digits}g}, {ci[1]:.{digits}g}]" if ci else "")
+
+
+def summary(fit: dict) -> list[str]:
+  """The human summary: a per approach, Approach 3's constants, N_opt at the target budget."""
+  inputs_ = fit["inputs"]
+  lines = [f"{inputs_['count']} points from {inputs_['source']} (loss: {inputs_['loss_column']});"
+           f" N: {fit['n_convention']}, C: {fit['flop_convention']}; "
+           f"{fit['bootstrap']} bootstrap resamples, 95% intervals in brackets"]
+  for name in APPROACHES:
+    entry = fit[name]
+    if entry.get("skipped"):
+      lines.append(f"{name}: skipped: {entry['reason']}")
+      continue
+    lines.append(f"{name}: a = {_interval(entry['a'], 3)}, b = {_interval(entry['b'], 3)}; "
+                 f"N_opt({fit['extrapolate_to']:.3g} FLOPs) = {_interval(entry['N_opt'], 3)}")
+    if name == "approach3":
+      lines.append("  " + ", ".join(f"{k} = {_interval(entry[k])}"
+                                    for k in ("E", "A", "B", "alpha", "beta", "G")))
+  for label in CONTRAST:
+    entry = fit.get("contrast", {}).get(label)
+    if entry and not entry.get("skipped"):
+      parts = [f"{k} a = {_interval(v['a'], 3)}" for k, v in entry.items()
+               if isinstance(v, dict) and "a" in v]
+      lines.append(f"contrast {label}: " + ("; ".join(parts) or "no approach ran"))
+  return lines
+
+
+def _flags():
+  from absl import flags
+  flag_values = flags.FlagValues()
+  define = dict(flag_values=flag_values)
+  flags.DEFINE_string("workdir", None, "sweep directory holding runs.csv", **define)
+  flags.DEFINE_string("csv", None, "CSV of points: N, loss, and D (tokens) or C (FLOPs)", **define)
+  flags.DEFINE_string("out", None, "directory for fit.json and the figures", **define)
+  flags.DEFINE_enum("n_convention", "chinchilla", inputs.N_CONVENTIONS,
+                    "parameter count: N_<convention> of runs.csv (with --csv, a label)",
+                    **define)
+  flags.DEFINE_enum("flop_convention", "chinchilla", inputs.FLOP_CONVENTIONS,
+                    "training FLOPs: C_<convention> of runs.csv (with --csv, a label)",
+                    **define)
+  flags.DEFINE_integer("bootstrap", 200, "bootstrap resamples for the 95% intervals",
+                       lower_bound=0, **define)
+  flags.DEFINE_integer("seed", 0, "seed of the bootstrap", **define)
+  flags.DEFINE_float("extrapolate_to", CHINCHILLA_BUDGET, "compute (FLOPs) at which to report "
+                     "N_opt and D_opt", **define)
+  flags.DEFINE_integer("drop_highest_loss", 0, "drop this many highest-loss points first",
+                       lower_bound=0, **define)
+  return flags, flag_values
+
+
+def main(argv: Sequence[str]) -> int:
+  """The `isoflop analyze` subcommand; argv[0] is the program name. Returns the exit status."""
+  flags, flag_values = _flags()
+  if any(a in ("-h", "--help", "--helpshort", "--helpfull") for a in argv[1:]):
+    print(__doc__.strip() + "\n\nflags:\n" + flag_values.module_help(sys.modules[__name__]))
+    return 0
+  try:
+    try:
+      extra = flag_values(list(argv))[1:]
+    except flags.Error as e:
+      raise inputs.AnalysisInputError(" ".join(str(e).split())) from None
+    if extra:
+      raise inputs.AnalysisInputError(f"unexpected argument(s) {' '.join(extra)}")
+    if not flag_values.out:
+      raise inputs.AnalysisInputError("missing --out; pass the directory for fit.json and "
+                                      "the figures, e.g. --out=runs/fit")
+    analysis = run_analysis(
+        out=flag_values.out, csv=flag_values.csv, workdir=flag_values.workdir,
+        n_convention=flag_values.n_convention, flop_convention=flag_values.flop_convention,
+        bootstrap=flag_values.bootstrap, seed=flag_values.seed,
+        extrapolate_to=flag_values.extrapolate_to,
+        drop_highest_loss=flag_values.drop_highest_loss)
+  except inputs.AnalysisInputError as e:
+    print(f"{PROG}: error: {e}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+  except OSError as e:  # e.g. an --out that cannot be written
+    print(f"{PROG}: error: {' '.join(str(e).split())}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+  for line in summary(analysis.fit):
+    print(line)
+  for path in analysis.paths:
+    print(f"wrote {path}")
+  return 0

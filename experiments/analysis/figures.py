@@ -1,0 +1,162 @@
+"""Figures of the fits, each written as PNG and SVG.
+
+Figures are drawn on `matplotlib.figure.Figure` objects, which save through the Agg backend
+without touching pyplot's global state. Axes: N in parameters, D in tokens, C in training
+FLOPs, loss in nats per token. Bands are pointwise 95% bootstrap intervals.
+"""
+
+import os
+
+import numpy as np
+from matplotlib import cm
+from matplotlib import colors
+from matplotlib import ticker
+from matplotlib.figure import Figure
+
+from isoflop.experiments.analysis import approach2
+from isoflop.experiments.analysis import approach3
+from isoflop.experiments.analysis import powerlaw
+
+STYLES = {"approach1": ("Approach 1 (training-curve envelope)", "tab:blue", "o"),
+          "approach2": ("Approach 2 (isoFLOP parabolas)", "tab:orange", "s"),
+          "approach3": ("Approach 3 (parametric L(N, D))", "tab:green", None)}
+
+
+def _save(fig: Figure, out_dir: str, name: str) -> list[str]:
+  paths = [os.path.join(out_dir, f"{name}.png"), os.path.join(out_dir, f"{name}.svg")]
+  fig.savefig(paths[0], dpi=150)
+  fig.savefig(paths[1], metadata={"Date": None})  # no timestamp: reruns give identical files
+  return paths
+
+
+def isoflop_curves(result: approach2.Result, out_dir: str) -> list[str]:
+  """Loss against N per compute budget, the fitted parabolas and their minima (Approach 2)."""
+  fig = Figure(figsize=(7.5, 5), layout="constrained")
+  ax = fig.add_subplot()
+  budgets = [p.c_nominal for p in result.profiles]
+  norm = colors.LogNorm(min(budgets), max(budgets) * (1.0001 if len(budgets) == 1 else 1.0))
+  budget_colors = cm.ScalarMappable(norm=norm, cmap="viridis")
+  fig.colorbar(budget_colors, ax=ax, label="compute budget C (FLOPs)")
+  for profile in result.profiles:
+    color = budget_colors.to_rgba(profile.c_nominal)
+    used = profile.rejected is None
+    ax.scatter(profile.n, profile.loss, s=16, color=color, alpha=0.9 if used else 0.35,
+               edgecolors="none")
+    if used:
+      log_n = np.linspace(np.log(profile.n.min()), np.log(profile.n.max()), 100)
+      ax.plot(np.exp(log_n), np.polyval(profile.parabola, log_n), color=color, lw=1.2)
+      ax.plot(profile.n_opt, profile.loss_opt, marker="*", ms=11, color=color,
+              markeredgecolor="black", markeredgewidth=0.6, linestyle="none")
+  ax.plot([], [], marker="*", ms=11, color="white", markeredgecolor="black", linestyle="none",
+          label="parabola minimum (N_opt)")
+  if len(result.used) < len(result.profiles):
+    ax.scatter([], [], s=16, color="gray", alpha=0.35, label="budget not used (see fit.json)")
+  ax.set_xscale("log")
+  # Profiles often span less than a decade of N, where default log labels collide.
+  ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+  ax.xaxis.set_major_formatter(ticker.EngFormatter())
+  ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+  ax.set_xlabel("parameters N")
+  ax.set_ylabel("final loss (nats/token)")
+  ax.set_title(f"IsoFLOP profiles: {len(result.used)} budgets with a parabola in ln N")
+  ax.legend(loc="upper right", fontsize=8)
+  ax.grid(True, which="both", alpha=0.25)
+  return _save(fig, out_dir, "isoflop_curves")
+
+
+def _frontier_panel(ax, frontier: powerlaw.Frontier, which: str, c: np.ndarray, label: str,
+                    color: str, points=None, marker=None) -> None:
+  law = frontier.n_opt if which == "n" else frontier.d_opt
+  band = frontier.band(which, c)
+  ax.plot(c, law(c), color=color, lw=1.5, label=f"{label}: exponent {law.exponent:.3f}")
+  if band is not None:
+    ax.fill_between(c, band[0], band[1], color=color, alpha=0.18, lw=0)
+  if points is not None and marker is not None:
+    ax.scatter(points[0], points[1], color=color, marker=marker, s=18, zorder=3)
+
+
+def optimal_scaling(results: dict, c_range: tuple[float, float], extrapolate_to: float,
+                    out_dir: str) -> list[str]:
+  """N_opt(C) and D_opt(C) from each approach, extrapolated to `extrapolate_to` FLOPs.
+
+  `results` maps "approach1".."approach3" to (Frontier, (C, N_opt, D_opt) arrays or None).
+  """
+  c = np.geomspace(min(c_range[0], extrapolate_to), max(c_range[1], extrapolate_to), 200)
+  fig = Figure(figsize=(11, 4.8), layout="constrained")
+  axes = fig.subplots(1, 2)
+  for ax, which, name, unit in ((axes[0], "n", "N_opt", "parameters"),
+                                (axes[1], "d", "D_opt", "tokens")):
+    for key, (frontier, points) in results.items():
+      label, color, marker = STYLES[key]
+      xy = None if points is None else (points[0], points[1 if which == "n" else 2])
+      _frontier_panel(ax, frontier, which, c, label, color, xy, marker)
+      law = frontier.n_opt if which == "n" else frontier.d_opt
+      ax.plot(extrapolate_to, law(extrapolate_to), marker="D", color=color, ms=6,
+              markeredgecolor="black", markeredgewidth=0.5)
+    ax.axvline(extrapolate_to, color="gray", ls=":", lw=1,
+               label=f"extrapolated to C = {extrapolate_to:.3g} FLOPs")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("training compute C (FLOPs)")
+    ax.set_ylabel(f"compute-optimal {name} ({unit})")
+    ax.set_title(f"{name}(C), 95% bootstrap bands")
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=7.5, loc="upper left")
+  return _save(fig, out_dir, "optimal_scaling")
+
+
+def approach3_contours(result: approach3.Result, n: np.ndarray, d: np.ndarray,
+                       out_dir: str) -> list[str]:
+  """Contours of the fitted L(N, D) over (C = 6 N D, N), its frontier, and the data points."""
+  law = result.law
+  c_points = 6.0 * n * d
+  c = np.geomspace(c_points.min() / 3, c_points.max() * 3, 160)
+  sizes = np.geomspace(n.min() / 3, n.max() * 3, 160)
+  grid_c, grid_n = np.meshgrid(c, sizes)
+  loss = law.loss(grid_n, grid_c / (6.0 * grid_n))
+  levels = np.unique(np.quantile(loss, np.linspace(0.0, 0.9, 16)))
+  fig = Figure(figsize=(7.5, 5.5), layout="constrained")
+  ax = fig.add_subplot()
+  filled = ax.contourf(grid_c, grid_n, loss, levels=levels, cmap="magma_r", extend="max")
+  ax.contour(grid_c, grid_n, loss, levels=levels, colors="white", linewidths=0.4, alpha=0.6)
+  fig.colorbar(filled, ax=ax, label="fitted loss L(N, D) (nats/token)")
+  ax.plot(c, law.frontier().n_opt(c), color="tab:cyan", lw=2,
+          label=f"efficient frontier N_opt = G (C/6)^a, a = {law.a:.3f}")
+  ax.scatter(c_points, n, s=10, color="black", edgecolors="white", linewidths=0.3,
+             label=f"data ({len(n)} points)")
+  ax.set_xscale("log")
+  ax.set_yscale("log")
+  ax.set_xlim(c[0], c[-1])
+  ax.set_ylim(sizes[0], sizes[-1])
+  ax.set_xlabel("training compute C = 6 N D (FLOPs)")
+  ax.set_ylabel("parameters N")
+  ax.set_title(f"Approach 3: E = {law.E:.3f}, A = {law.A:.4g}, B = {law.B:.4g}, "
+               f"α = {law.alpha:.3f}, β = {law.beta:.3f}", fontsize=10)
+  ax.legend(loc="upper left", fontsize=8)
+  return _save(fig, out_dir, "approach3_contours")
+
+
+def contrast(panels: dict, c_range: tuple[float, float], out_dir: str) -> list[str]:
+  """N_opt(C) under the Kaplan and the Chinchilla conventions, side by side.
+
+  `panels` maps a title to {"approach2": (Frontier, points or None), "approach3": ...}.
+  """
+  c_seen = [np.asarray(c_range)] + [points[0] for results in panels.values()
+                                     for _, points in results.values() if points is not None]
+  c = np.geomspace(min(x.min() for x in c_seen), max(x.max() for x in c_seen), 200)
+  fig = Figure(figsize=(11, 4.8), layout="constrained")
+  axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+  for ax, (title, results) in zip(axes, panels.items(), strict=True):
+    for key, (frontier, points) in results.items():
+      label, color, marker = STYLES[key]
+      xy = None if points is None else (points[0], points[1])
+      _frontier_panel(ax, frontier, "n", c, label, color, xy, marker)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("training compute C (FLOPs)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=8, loc="upper left")
+  axes[0].set_ylabel("compute-optimal N_opt (parameters)")
+  fig.suptitle("N_opt(C) with Kaplan vs Chinchilla counting of N and C")
+  return _save(fig, out_dir, "contrast")

@@ -1,0 +1,252 @@
+"""Scaling-law analysis: Chinchilla's three approaches on synthetic data with known constants,
+Epoch AI's reproduction on Hoffmann et al.'s Figure 4 points, fit.json, figures, bad input."""
+
+import csv
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.optimize
+
+from conftest import REPO
+from isoflop.experiments.analysis import analyze
+from isoflop.experiments.analysis import approach1
+from isoflop.experiments.analysis import approach2
+from isoflop.experiments.analysis import approach3
+from isoflop.experiments.analysis import inputs
+
+# Hoffmann et al.'s rounded Approach-3 constants, as the synthetic truth.
+TRUTH = approach3.Law(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
+EPOCH_DATA = REPO / "experiments" / "data" / "chinchilla_fig4_epoch_extracted.csv"
+EPOCH = {"alpha": 0.3478, "beta": 0.3658, "E": 1.817}  # Besiroglu et al. 2024, 240 points
+FIGURES = ("isoflop_curves", "optimal_scaling", "approach3_contours")
+
+
+def _points(n, d, loss, **extra) -> inputs.Points:
+  table = pd.DataFrame({"N": n, "D": d, "C": 6.0 * n * d, "loss": loss, **extra})
+  return inputs.Points(table=table, source="synthetic", loss_column="loss")
+
+
+def _isoflop_points(rng, budgets, noise, sizes_per_budget=9):
+  """Points at fixed budgets C (FLOPs), sizes spanning a decade around TRUTH's optimum."""
+  rows = []
+  for c in budgets:
+    for n in TRUTH.frontier().n_opt(c) * np.geomspace(10 ** -0.5, 10 ** 0.5, sizes_per_budget):
+      d = c / (6.0 * n)
+      rows.append((n, d, TRUTH.loss(n, d) * np.exp(noise * rng.standard_normal())))
+  return np.array(rows).T
+
+
+def test_objective_gradient_is_exact():
+  rng = np.random.default_rng(0)
+  n, d = 10 ** rng.uniform(7, 10, 50), 10 ** rng.uniform(9, 12, 50)
+  args = (np.stack([np.log(n), np.log(d), np.zeros(50)]), np.log(TRUTH.loss(n, d)))
+  for x in ([6.0, 6.0, 0.5, 0.3, 0.3], [1.0, 20.0, -1.0, 1.5, 0.5]):
+    error = scipy.optimize.check_grad(lambda v: approach3.objective(v, *args)[0],
+                                      lambda v: approach3.objective(v, *args)[1], x)
+    assert error < 1e-6 * max(1.0, np.abs(approach3.objective(np.array(x), *args)[1]).max())
+
+
+def test_approach3_recovers_known_constants():
+  rng = np.random.default_rng(1)
+  n, d = 10 ** rng.uniform(7, 10, 80), 10 ** rng.uniform(8.5, 11.5, 80)
+  loss = TRUTH.loss(n, d) * np.exp(0.002 * rng.standard_normal(80))
+  fit = approach3.fit(_points(n, d, loss), bootstrap=50, seed=0).to_json(5.76e23)
+  # Tolerances: 0.002 multiplicative noise on 80 points leaves the exponents to ~0.02.
+  for key, tolerance in (("alpha", 0.02), ("beta", 0.02), ("E", 0.02), ("a", 0.02)):
+    truth = getattr(TRUTH, key)
+    assert fit[key]["value"] == pytest.approx(truth, abs=tolerance), key
+    low, high = fit[key]["ci95"]
+    assert low <= truth <= high, (key, low, high)
+  assert fit["bootstrap_replicates"] == 50
+
+
+def test_approach2_recovers_the_exponent_and_is_reproducible():
+  rng = np.random.default_rng(2)
+  n, d, loss = _isoflop_points(rng, [1e18, 1e19, 1e20, 1e21], noise=0.001)
+  points = _points(n, d, loss)
+  result = approach2.fit(points, bootstrap=50, seed=0)
+  fit = result.to_json(5.76e23)
+  assert len(fit["points"]) == 4 and not fit["rejected_budgets"]
+  assert fit["a"]["value"] == pytest.approx(TRUTH.a, abs=0.01)
+  assert fit["b"]["value"] == pytest.approx(1.0 - fit["a"]["value"], abs=1e-9)
+  low, high = fit["a"]["ci95"]
+  assert low <= TRUTH.a <= high
+  assert approach2.fit(points, bootstrap=50, seed=0).to_json(5.76e23) == fit
+
+
+def test_approach2_records_downward_parabolas_and_needs_two_budgets():
+  n = np.array([1e8, 2e8, 4e8] * 2)
+  c = np.repeat([1e19, 1e20], 3)
+  loss = np.array([3.0, 2.9, 3.0, 2.5, 2.6, 2.5])  # the second budget opens downward
+  with pytest.raises(inputs.NotEnoughData, match="found 1 of 2 budgets"):
+    approach2.fit(_points(n, c / (6 * n), loss), bootstrap=0, seed=0)
+  profile = approach2.profile(n[3:], c[3:], loss[3:])
+  assert profile.rejected == approach2.OPENS_DOWNWARD
+
+
+def _write_sweep(root, rng):
+  """A fake sweep: 3 isoFLOP budgets x 7 sizes with training curves from TRUTH."""
+  rows = []
+  for c in (1e17, 1e18, 1e19):
+    for n in TRUTH.frontier().n_opt(c) * np.geomspace(10 ** -0.5, 10 ** 0.5, 7):
+      name = f"C{c:.0e}_N{n:.3g}"
+      run = root / name
+      run.mkdir()
+      d_final = c / (6.0 * n)
+      n_kaplan, n_palm = n - 2e6, n - 1e6  # embeddings left out, as Kaplan and PaLM count
+      per_token = {"kaplan": 6 * n_kaplan, "chinchilla": 6 * n, "palm": 6 * n_palm,
+                   "measured": 6.6 * n}
+      (run / "config.json").write_text(json.dumps({"flops_per_token": per_token}))
+      with open(run / "metrics.jsonl", "w") as f:
+        for step in range(1, 51):
+          tokens = d_final * step / 50
+          loss = TRUTH.loss(n, tokens) * np.exp(0.001 * rng.standard_normal())
+          f.write(json.dumps({"step": step, "loss": loss, "tokens_seen": tokens}) + "\n")
+          if step % 25 == 0:
+            f.write(json.dumps({"step": step, "eval_loss": loss + 0.01}) + "\n")
+      rows.append({"name": name, "workdir": name, "status": "done", "N_kaplan": n_kaplan,
+                   "N_chinchilla": n, "N_palm": n_palm, "D": d_final,
+                   **{f"C_{k}": v * d_final for k, v in per_token.items()},
+                   "final_train_loss": loss, "final_eval_loss": "", "wall_time_s": 1.0,
+                   "budget": c})
+  rows.append({**rows[0], "name": "broken", "workdir": "missing", "status": "failed",
+               "final_train_loss": "nan"})
+  rows.append({**rows[0], "name": "later", "workdir": "missing", "status": "pending"})
+  with open(root / "runs.csv", "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+  return root
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(tmp_path_factory):
+  return _write_sweep(tmp_path_factory.mktemp("sweep"), np.random.default_rng(3))
+
+
+def test_approach1_recovers_the_exponent_from_training_curves(sweep_dir):
+  points = inputs.from_sweep(str(sweep_dir))
+  assert len(points.table) == 21 and len(points.curves) == 21
+  assert points.loss_column == "final_train_loss"  # final_eval_loss is empty
+  result = approach1.fit(points, bootstrap=50, seed=0)
+  fit = result.to_json(5.76e23)
+  assert len(fit["points"]) >= 10
+  # The envelope can only pick trained sizes (7 per budget, 0.17 dex apart): a is within 0.04.
+  assert fit["a"]["value"] == pytest.approx(TRUTH.a, abs=0.04)
+  assert fit["a"]["ci95"][0] < fit["a"]["value"] < fit["a"]["ci95"][1]
+
+
+def test_sweep_analysis_writes_fit_json_contrast_and_figures(sweep_dir, tmp_path):
+  out = tmp_path / "out"
+  analysis = analyze.run_analysis(out=str(out), workdir=str(sweep_dir), bootstrap=20)
+  fit = json.loads((out / "fit.json").read_text())
+  assert fit["inputs"] == {"count": 21, "source": str(sweep_dir),
+                           "loss_column": "final_train_loss", "dropped_highest_loss": 0}
+  for name in ("approach1", "approach2", "approach3"):
+    assert not fit[name].get("skipped"), fit[name]
+    assert set(fit[name]["a"]) == {"value", "ci95"} and len(fit[name]["a"]["ci95"]) == 2
+    assert {"N_opt", "D_opt", "b"} <= set(fit[name])
+  assert fit["approach2"]["a"]["value"] == pytest.approx(TRUTH.a, abs=0.01)
+  for label in ("kaplan", "chinchilla"):
+    for name in ("approach2", "approach3"):
+      assert set(fit["contrast"][label][name]["a"]) == {"value", "ci95"}
+  assert "Porian" in fit["contrast"]["note"]
+  # Leaving out the embeddings (2M parameters) makes N_opt grow faster with C at small scale.
+  assert (fit["contrast"]["kaplan"]["approach2"]["a"]["value"]
+          > fit["contrast"]["chinchilla"]["approach2"]["a"]["value"])
+  for name in FIGURES + ("contrast",):
+    for ext in ("png", "svg"):
+      assert (out / f"{name}.{ext}").stat().st_size > 1000
+  assert str(out / "fit.json") == analysis.paths[-1]
+
+
+@pytest.fixture(scope="module")
+def epoch_refit(tmp_path_factory):
+  out = tmp_path_factory.mktemp("epoch_refit")
+  argv = ["isoflop analyze", f"--csv={EPOCH_DATA}", "--drop_highest_loss=5", f"--out={out}",
+          "--bootstrap=20"]
+  assert analyze.main(argv) == 0
+  return out, json.loads((out / "fit.json").read_text())
+
+
+def test_epoch_reproduction_meets_the_bar(epoch_refit):
+  _, fit = epoch_refit
+  assert fit["inputs"]["count"] == 240
+  for key, published in EPOCH.items():
+    assert fit["approach3"][key]["value"] == pytest.approx(published, abs=0.01), key
+
+
+def test_csv_fit_json_structure_and_figures(epoch_refit):
+  out, fit = epoch_refit
+  assert {"approach1", "approach2", "approach3", "inputs", "n_convention", "flop_convention",
+          "bootstrap"} <= set(fit)
+  assert "contrast" not in fit
+  assert fit["approach1"] == {"skipped": True, "reason": inputs.NO_CURVES}
+  assert fit["bootstrap"] == 20 and fit["inputs"]["loss_column"] == "loss"
+  for key in ("E", "A", "B", "alpha", "beta", "a", "b", "G", "N_opt", "D_opt"):
+    low, high = fit["approach3"][key]["ci95"]
+    assert low <= fit["approach3"][key]["value"] <= high, key
+  assert {"C", "N_opt", "D_opt", "loss"} <= set(fit["approach2"]["points"][0])
+  for name in FIGURES:
+    for ext in ("png", "svg"):
+      assert (out / f"{name}.{ext}").exists()
+  assert not [p for p in os.listdir(out) if p.endswith(".tmp")]
+
+
+def _write_csv(path, header, rows):
+  path.write_text("\n".join([",".join(header)] + [",".join(map(str, r)) for r in rows]) + "\n")
+  return path
+
+
+GOOD_ROWS = [(n, 6 * n * 20 * n, 2.0 + 1e4 / n) for n in (1e6, 2e6, 4e6, 8e6)]
+BAD_INPUTS = {
+    "missing_column": (["N", "C"], [(1e6, 1e18)], "lacks column(s) loss"),
+    "missing_d_and_c": (["N", "loss"], [(1e6, 3.0)], "lacks column(s) D or C"),
+    "negative_n": (["N", "C", "loss"], [(-1e6, 1e18, 3.0)], "N must be a positive"),
+    "zero_loss": (["N", "C", "loss"], [(1e6, 1e18, 0)], "line 2"),
+    "infinite_c": (["N", "C", "loss"], [(1e6, "inf", 3.0)], "C must be a positive"),
+    "text_loss": (["N", "C", "loss"], [(1e6, 1e18, "abc")], "has loss = abc"),
+    "too_few_points": (["N", "C", "loss"], GOOD_ROWS, "no approach can run on the 4 points"),
+}
+
+
+def _main_fails(argv, capsys, expected):
+  code = analyze.main(["isoflop analyze"] + argv)
+  err = capsys.readouterr().err
+  assert code == 2
+  assert err.count("\n") == 1 and err.startswith("isoflop analyze: error: "), err
+  assert expected in err and "Traceback" not in err
+  return err
+
+
+@pytest.mark.parametrize("name", sorted(BAD_INPUTS))
+def test_bad_csv_is_one_line_exit_2_and_writes_nothing(name, tmp_path, capsys):
+  header, rows, expected = BAD_INPUTS[name]
+  path = _write_csv(tmp_path / "points.csv", header, rows)
+  _main_fails([f"--csv={path}", f"--out={tmp_path / 'out'}"], capsys, expected)
+  assert not (tmp_path / "out" / "fit.json").exists()
+
+
+@pytest.mark.parametrize("argv,expected", [
+    ([], "exactly one of --csv"),
+    (["--csv=a.csv", "--workdir=b"], "exactly one of --csv"),
+    (["--csv={tmp}/none.csv"], "not found"),
+    (["--workdir={tmp}"], "runs.csv not found"),
+    (["--csv=a.csv", "--bootstrap=-1"], "bootstrap"),
+    (["--csv=a.csv", "--n_convention=gpt"], "n_convention"),
+    (["--csv=a.csv", "--bogus=1"], "bogus"),
+])
+def test_bad_flags_are_one_line_exit_2(argv, expected, tmp_path, capsys):
+  argv = [a.format(tmp=tmp_path) for a in argv] + [f"--out={tmp_path / 'out'}"]
+  _main_fails(argv, capsys, expected)
+
+
+def test_missing_out_and_sweep_without_done_runs(tmp_path, capsys):
+  _main_fails([f"--csv={EPOCH_DATA}"], capsys, "missing --out")
+  header = ["name", "workdir", "status", "N_chinchilla", "D", "C_chinchilla",
+            "final_train_loss", "final_eval_loss"]
+  _write_csv(tmp_path / "runs.csv", header, [("r", "r", "failed", 1e6, 1e8, 6e14, 3.0, "")])
+  _main_fails([f"--workdir={tmp_path}", f"--out={tmp_path}/out"], capsys, "1 failed")
