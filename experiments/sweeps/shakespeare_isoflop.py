@@ -10,7 +10,7 @@ def get_sweep():
   s.config = "experiments/configs/tiny_shakespeare.py"
   s.n_convention = "chinchilla"  # N counts embeddings (Hoffmann et al.)
   s.flop_convention = "chinchilla"  # budgets are met under this FLOP count
-  s.budgets = (5e9, 1.5e10, 5e10)
+  s.budgets = (1e10, 3e10, 1e11)
   s.sizes_per_budget = 5
   s.size_span = 10.0  # the sizes span a decade around the expected optimum
   # Centres the sizes on N* = sqrt(C / (6 * 100)). Chinchilla's 20 tokens per parameter puts
