@@ -23,6 +23,8 @@ subcommands:
           [--workers=K] [--dry_run]
   analyze fit scaling laws to a sweep or a CSV: isoflop analyze --workdir=runs/s --out=DIR
           (or --csv=FILE with columns N, loss and D or C)
+  bench   time the training step: isoflop bench --config=... --out=bench.json [--steps=N]
+          (tokens/s, MFU against the device's peak, memory, joules per token on NVIDIA)
 
 exit status: 0 done, 1 sweep with failed members, 2 bad input, 3 non-finite loss,
 75 preempted (SIGTERM/SIGINT; rerun the same command to resume)
@@ -183,7 +185,13 @@ def analyze_command(argv: Sequence[str]) -> int:
   return analyze.main(list(argv))
 
 
-SUBCOMMANDS = {"train": train_command, "sweep": sweep_command, "analyze": analyze_command}
+def bench_command(argv: Sequence[str]) -> int:
+  from isoflop.experiments import bench
+  return bench.main(list(argv))
+
+
+SUBCOMMANDS = {"train": train_command, "sweep": sweep_command, "analyze": analyze_command,
+               "bench": bench_command}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -28,7 +28,8 @@ RUNS_COLUMNS = (["name", "workdir", "status", "budget", "target_params"]
                 + [f"N_{c}" for c in CONVENTIONS] + ["D"]
                 + [f"C_{c}" for c in CONVENTIONS + ("measured",)]
                 + ["final_train_loss", "final_eval_loss", "wall_time_s", "steps", "d_model",
-                   "n_layers", "branched", "final_train_loss_std", "final_eval_loss_std"])
+                   "n_layers", "branched", "final_train_loss_std", "final_eval_loss_std",
+                   "energy_j"])
 
 
 def _flag_value(value: Any) -> str:
@@ -93,6 +94,8 @@ def runs_row(sweep_dir: str, member: sweep_definition.Member) -> dict[str, Any]:
   row["final_train_loss"] = train[-1]["loss"] if train else None
   row["final_eval_loss"] = evals[-1]["eval_loss"] if evals else None
   row["final_train_loss_std"] = train[-1].get("loss_std") if train else None  # ensembles
+  energies = [r.get("energy_j") for r in train]
+  row["energy_j"] = sum(energies) if energies and None not in energies else None  # NVML only
   row["final_eval_loss_std"] = evals[-1].get("eval_loss_std") if evals else None
   status = _read_json(os.path.join(member_dir, "status.json")) or {}
   row["wall_time_s"] = status.get("wall_time_s")

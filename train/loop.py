@@ -16,7 +16,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
-from isoflop.train import build, checkpointing, metrics_log, preemption, resume_policy
+from isoflop.train import build, checkpointing, hardware, metrics_log, preemption
+from isoflop.train import resume_policy
 from isoflop.train import data as data_lib
 from isoflop.train import run_record
 from isoflop.train import state as state_lib
@@ -160,6 +161,8 @@ def run(prepared: build.Prepared, workdir: str, *, progress: bool = True) -> Run
   bar = tqdm(total=config.steps, initial=start_step, unit="step", dynamic_ncols=True,
              disable=not (is_main and progress))
   last_time, last_step = time.perf_counter(), start_step
+  meter = hardware.EnergyMeter()  # NVIDIA only; elsewhere energy_j is null, not zero
+  last_joules = meter.joules()
   saved_step = start_step if (restored is not None or config.init_from) else None
   checkpoint_steps = set(config.checkpoint_steps)
 
@@ -201,9 +204,12 @@ def run(prepared: build.Prepared, workdir: str, *, progress: bool = True) -> Run
           metrics = jax.device_get(metrics)  # the one host sync per log interval
           now = time.perf_counter()
           elapsed, steps_taken = now - last_time, done - last_step
+          joules = meter.joules()
           row = {"step": done, "tokens_seen": done * tokens_per_step,
                  "tokens_per_s": steps_taken * tokens_per_step / elapsed,
-                 "step_time_s": elapsed / steps_taken}
+                 "step_time_s": elapsed / steps_taken,
+                 "energy_j": None if joules is None else joules - last_joules}
+          last_joules = joules
           for k, v in metrics.items():
             row.update(_summarize(k, v))
           rows.append(row)
