@@ -17,8 +17,10 @@ import pytest
 from conftest import REPO
 from isoflop.train import loop
 
-# 120 steps of tiny, a checkpoint every 10: long enough to land kills in every phase.
-RUN_FLAGS = ["--config=experiments/configs/tiny.py", "--config.steps=120",
+# 120 steps of tiny on the Shakespeare text stream (mid-epoch), a checkpoint every 10: long
+# enough to land kills in every phase.
+RUN_FLAGS = ["--config=experiments/configs/tiny_shakespeare.py", "--config.steps=120",
+             "--config.eval_every=0",
              "--config.checkpoint_every=10", "--config.log_every=5",
              "--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.mesh.tensor=2"]
 

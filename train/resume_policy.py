@@ -1,6 +1,7 @@
 """Which config changes a resumed run accepts: those that leave the trained function, the data
 order and the optimizer's trajectory up to the checkpoint unchanged."""
 
+import json
 from typing import Any
 
 # More steps, another mesh or rule table, other logging / checkpoint / eval frequencies.
@@ -20,8 +21,10 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def config_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, list[Any]]:
-  """{dotted key: [old value, new value]} for every key that differs or exists on one side."""
-  old_flat, new_flat = flatten(old), flatten(new)
+  """{dotted key: [old value, new value]} for every key that differs or exists on one side.
+  Both sides go through JSON first, as config.json did (a tuple and a list are the same)."""
+  old_flat = flatten(json.loads(json.dumps(old)))
+  new_flat = flatten(json.loads(json.dumps(new)))
   missing = object()
   changes = {}
   for key in sorted(set(old_flat) | set(new_flat)):
