@@ -5,7 +5,8 @@ log10 C under complete linkage cut at 0.05, so that any two points of a budget h
 factor 10^0.05 (12%) of each other. In each budget with >= 3 distinct N, loss is fitted by a
 parabola in ln N; a parabola that opens downward, or whose minimum lies outside the sizes
 sampled, is rejected (and recorded). Its vertex is N_opt. The budget's C is the C at N_opt,
-linear in (ln N, ln C) over the budget's points and held at the ends of their range of N (the common C when they share one); D_opt = C / (6 N_opt).
+linear in (ln N, ln C) over the budget's points and held at the ends of their range of N
+(the common C when they share one); D_opt = C / (6 N_opt).
 Then N_opt = G C^a and D_opt = G' C^b by least squares in log-log space (so b = 1 - a).
 The bootstrap resamples the points within each budget, with replacement.
 """
