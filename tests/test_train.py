@@ -76,6 +76,7 @@ def test_workdir_files_and_logged_keys(tiny_config, tmp_path):
   assert rows[-1]["tokens_seen"] == 8 * 8 * 16
   assert "grad_norm/layers/attention/01" in rows[0] and "param_norm/embed" in rows[0]
   assert "z_loss" in rows[0]
+  assert all(r["energy_j"] is None for r in rows)  # no energy counter on a CPU: null, not 0
   assert list((tmp_path / "tb").iterdir()), "TensorBoard event file missing"
   record = json.loads((tmp_path / "config.json").read_text())
   assert record["config"]["steps"] == 8
