@@ -25,6 +25,7 @@ class Attention(nn.Module):
   use_rope: bool
   rope_theta: float
   implementation: str
+  scale: float  # multiplies q.k: 1/sqrt(d_head) (standard) or 1/d_head (muP)
   kernel_init: Callable
   out_kernel_init: Callable
   dtype: jnp.dtype
@@ -63,7 +64,7 @@ class Attention(nn.Module):
     if segment_ids_BL is not None:  # packed documents: attend only within one's own
       mask_B1LL = (segment_ids_BL[:, :, None] == segment_ids_BL[:, None, :])[:, None]
     out_BLHK = jax.nn.dot_product_attention(
-        q_BLHK, k_BLGK, v_BLGK, mask=mask_B1LL, is_causal=True, scale=self.d_head ** -0.5,
+        q_BLHK, k_BLGK, v_BLGK, mask=mask_B1LL, is_causal=True, scale=self.scale,
         implementation=self.implementation)
     out_BLHK = nn.with_logical_constraint(out_BLHK, names)
     d_model = x_BLD.shape[-1]

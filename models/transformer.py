@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 from isoflop.models import attention as attention_lib
 from isoflop.models import mlp as mlp_lib
-from isoflop.models import norms
+from isoflop.models import mup, norms
 
 POSITIONS = ("learned", "rope", "none")
 REMAT_POLICIES: dict[str, Any] = {
@@ -61,6 +61,8 @@ class TransformerConfig:
   init_std: float = 0.02
   dtype: str = "float32"  # compute dtype of matmuls and activations
   param_dtype: str = "float32"
+  parametrization: str = "sp"  # sp | mup (models/mup.py)
+  mup_base_width: int | None = None  # mup: the width hyperparameters were tuned at
 
   def __post_init__(self):
     for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_len", "scan_unroll"):
@@ -82,6 +84,12 @@ class TransformerConfig:
         raise ValueError(
             f"model.{name}={getattr(self, name)!r} is unknown; choose one of {allowed}")
     mlp_lib.check_activation(self.activation)
+    if self.parametrization not in mup.PARAMETRIZATIONS:
+      raise ValueError(f"model.parametrization={self.parametrization!r} is unknown; choose one "
+                       f"of {mup.PARAMETRIZATIONS}")
+    if self.parametrization == "mup" and self.tie_embeddings:
+      raise ValueError("model.parametrization='mup' needs an untied readout; set "
+                       "model.tie_embeddings=False")
     if not 0.0 <= self.dropout < 1.0:
       raise ValueError(f"model.dropout={self.dropout} must be in [0, 1)")
     if self.positions == "rope" and self.head_dim % 2:
@@ -116,7 +124,8 @@ class Block(nn.Module):
     cfg = self.config
     dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
     # GPT-2: residual output projections start smaller, by 1/sqrt(2 * n_layers).
-    out_init = _normal(cfg.init_std / (2 * cfg.n_layers) ** 0.5)
+    hidden_std = mup.hidden_init_std(cfg, cfg.init_std)  # = init_std under SP
+    out_init = _normal(hidden_std / (2 * cfg.n_layers) ** 0.5)
 
     def norm(name):
       return norms.make_norm(cfg.norm, eps=cfg.norm_eps, use_bias=cfg.use_bias, dtype=dtype,
@@ -125,13 +134,14 @@ class Block(nn.Module):
     h_BLD = attention_lib.Attention(
         n_heads=cfg.n_heads, n_kv_heads=cfg.kv_heads, d_head=cfg.head_dim,
         use_bias=cfg.use_bias, use_rope=cfg.positions == "rope", rope_theta=cfg.rope_theta,
-        implementation=cfg.attention, kernel_init=_normal(cfg.init_std),
-        out_kernel_init=out_init, dtype=dtype, param_dtype=param_dtype,
+        implementation=cfg.attention, scale=mup.attention_scale(cfg),
+        kernel_init=_normal(hidden_std), out_kernel_init=out_init, dtype=dtype,
+        param_dtype=param_dtype,
         name="attention")(norm("attention_norm")(x_BLD), positions_BL, segment_ids_BL)
     x_BLD = x_BLD + nn.Dropout(cfg.dropout, deterministic=self.deterministic)(h_BLD)
     h_BLD = mlp_lib.Mlp(
         d_ff=cfg.ff_dim, activation=cfg.activation, use_bias=cfg.use_bias,
-        kernel_init=_normal(cfg.init_std), out_kernel_init=out_init, dtype=dtype,
+        kernel_init=_normal(hidden_std), out_kernel_init=out_init, dtype=dtype,
         param_dtype=param_dtype, name="mlp")(norm("mlp_norm")(x_BLD))
     x_BLD = x_BLD + nn.Dropout(cfg.dropout, deterministic=self.deterministic)(h_BLD)
     return nn.with_logical_constraint(x_BLD, ("batch", "length", "embed")), None
@@ -183,5 +193,7 @@ class Decoder(nn.Module):
           cfg.vocab_size, use_bias=False, dtype=dtype, param_dtype=param_dtype,
           kernel_init=nn.with_logical_partitioning(_normal(cfg.init_std), ("embed", "vocab")),
           name="head")(x_BLD)
+    if cfg.parametrization == "mup":
+      logits_BLV = logits_BLV * mup.output_multiplier(cfg)
     logits_BLV = nn.with_logical_constraint(logits_BLV, ("batch", "length", "vocab"))
     return logits_BLV.astype(jnp.float32)

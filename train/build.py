@@ -72,7 +72,8 @@ def prepare(config, devices: Sequence[jax.Device] | None = None,
     config.model.vocab_size = source.vocab_size  # the model's vocabulary follows the tokenizer
   epochs = _data_budget(config, source)
   task = task_lib.make_task(config)
-  tx, schedule = optimizers.make_optimizer(config.optimizer, config.steps)
+  tx, schedule = optimizers.make_optimizer(config.optimizer, config.steps,
+                                           task.lr_multipliers(config.optimizer.name))
   mesh = mesh_lib.build_mesh({a: config.mesh[a] for a in mesh_lib.MESH_AXES}, devices)
   rules = rules_lib.get_rules(config.mesh.rules)
   dp = rules_lib.data_parallel_size(mesh, rules)

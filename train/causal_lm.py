@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from isoflop.models import counting, transformer
+from isoflop.models import counting, mup, transformer
 
 
 def decoder_config(config) -> transformer.TransformerConfig:
@@ -59,6 +59,14 @@ class CausalLmTask:
       metrics["z_loss"] = z
       objective = objective + self.z_loss * z
     return objective, metrics
+
+  def lr_multipliers(self, optimizer: str):
+    """(multipliers, params -> tree of them) under muP; None under SP (the plain optimizer)."""
+    if self.model_config.parametrization == "sp":
+      return None
+    table = mup.lr_table(self.model_config, optimizer)
+    return (tuple(table.values()),
+            lambda params: mup.lr_multipliers(self.model_config, params, optimizer))
 
   def tokens(self, batch) -> int:
     return int(batch["targets"].shape[0] * batch["targets"].shape[1])

@@ -20,11 +20,19 @@ class TrainState:
   first_nonfinite_step: jax.Array  # -1, or the (1-based, as logged) first non-finite step
 
 
+def _params_fn(task, batch_shapes) -> Callable:
+  def init_params(rng):
+    dummy = {k: jax.numpy.zeros(v.shape, v.dtype) for k, v in batch_shapes.items()}
+    return task.init_params(rng, dummy)  # boxed: carries logical axis names
+  return init_params
+
+
 def _init_fn(task, tx: optax.GradientTransformation, batch_shapes) -> Callable:
+  init_params = _params_fn(task, batch_shapes)
+
   def init(rng):
     params_rng, state_rng = jax.random.split(rng)
-    dummy = {k: jax.numpy.zeros(v.shape, v.dtype) for k, v in batch_shapes.items()}
-    params = task.init_params(params_rng, dummy)  # boxed: carries logical axis names
+    params = nn.meta.unbox(init_params(params_rng))
     return TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
                       opt_state=tx.init(params), rng=jax.random.key_data(state_rng),
                       first_nonfinite_step=jax.numpy.full((), -1, jax.numpy.int32))
@@ -33,29 +41,33 @@ def _init_fn(task, tx: optax.GradientTransformation, batch_shapes) -> Callable:
 
 def abstract_state(task, tx, batch_shapes, mesh: Mesh, rules, ensemble: int = 1
                    ) -> tuple[Any, Any, Any]:
-  """(shapes, logical PartitionSpecs of one member, NamedShardings) of the unboxed state;
-  allocates nothing. With ``ensemble`` > 1 every array gets a leading, unsharded seed axis."""
-  init = _init_fn(task, tx, batch_shapes)
-  boxed = jax.eval_shape(init, jax.random.key(0))
-  logical_specs = nn.get_partition_spec(boxed)
-  shapes = jax.tree.map(lambda x: x.unbox(apply_constraint=False) if _is_box(x) else x, boxed,
-                        is_leaf=_is_box)
+  """(shapes, logical PartitionSpecs of one member, NamedShardings) of the state; allocates
+  nothing. Optimizer-state leaves shaped like a parameter take that parameter's spec (found by
+  ``optax.tree_map_params``), the rest are replicated. With ``ensemble`` > 1 every array gets a
+  leading, unsharded seed axis."""
+  shapes = jax.eval_shape(_init_fn(task, tx, batch_shapes), jax.random.key(0))
+  boxed_params = jax.eval_shape(_params_fn(task, batch_shapes), jax.random.key(0))
+  is_spec = lambda x: isinstance(x, PartitionSpec)  # noqa: E731
+  param_specs = nn.get_partition_spec(boxed_params)
+  masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731  a group's absent params
+  opt_specs = optax.tree_map_params(
+      tx, lambda leaf, spec: leaf if masked(leaf) else spec, shapes.opt_state, param_specs,
+      transform_non_params=lambda _: PartitionSpec(),
+      is_leaf=lambda x: is_spec(x) or masked(x) or isinstance(x, jax.ShapeDtypeStruct))
+  scalar = PartitionSpec()
+  logical_specs = TrainState(step=scalar, params=param_specs, opt_state=opt_specs,
+                             rng=scalar, first_nonfinite_step=scalar)
   placed = logical_specs
   if ensemble > 1:
     placed = jax.tree.map(lambda spec: PartitionSpec(None, *spec), logical_specs,
-                          is_leaf=lambda x: isinstance(x, PartitionSpec))
+                          is_leaf=is_spec)
     shapes = jax.tree.map(lambda s: jax.ShapeDtypeStruct((ensemble, *s.shape), s.dtype), shapes)
   shardings = rules_lib.logical_to_sharding(placed, mesh, rules)
   return shapes, logical_specs, shardings
-
-
-def _is_box(x) -> bool:
-  return isinstance(x, nn.meta.AxisMetadata)
 
 
 def create_state(task, tx, batch_shapes, rng: jax.Array, shardings) -> TrainState:
   """Initializes every array on its own shards: parameters are never whole on one device.
   A batch of keys (one per seed) gives an ensemble state with a leading seed axis."""
   init = _init_fn(task, tx, batch_shapes)
-  one = lambda r: nn.meta.unbox(init(r))  # noqa: E731
-  return jax.jit(jax.vmap(one) if rng.ndim else one, out_shardings=shardings)(rng)
+  return jax.jit(jax.vmap(init) if rng.ndim else init, out_shardings=shardings)(rng)

@@ -20,6 +20,9 @@ class Task(Protocol):
            train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Scalar objective to minimize and scalar metrics (``loss`` among them)."""
 
+  def lr_multipliers(self, optimizer: str):
+    """None, or (multipliers, params -> tree of them) for per-group learning rates (muP)."""
+
   def tokens(self, batch: dict[str, Any]) -> int:
     """How many tokens (or examples) a batch of this shape trains on; for throughput."""
 

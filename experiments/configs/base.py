@@ -53,6 +53,8 @@ def get_config() -> ml_collections.ConfigDict:
   m.init_std = 0.02
   m.dtype = "float32"  # compute dtype: float32 | bfloat16 (params stay in param_dtype)
   m.param_dtype = "float32"
+  m.parametrization = "sp"  # sp | mup (models/mup.py)
+  m.mup_base_width = config_dict.placeholder(int)  # mup: the width tuned at; None = d_model
 
   c.optimizer = ml_collections.ConfigDict()
   o = c.optimizer

@@ -1,0 +1,68 @@
+"""The Maximal Update Parametrization for the decoder (Yang et al. 2022, "Tensor Programs V",
+Table 3 for Adam, Table 8 for SGD), relative to a base width.
+
+With width multiplier m = d_model / base_width:
+  hidden matrices (q, k, v, attention out, MLP in/out)   init std / sqrt(m); Adam lr / m
+  embeddings (token, learned positions), biases, norms  init as SP;           Adam lr x 1
+  readout (the untied output matrix)                    init as SP, logits x 1/m; Adam lr x 1
+  attention logits                                      scaled by 1/d_head instead of 1/sqrt(d_head)
+Under SGD the learning rates go instead: embeddings and vectors x m, hidden x 1, readout x 1/m.
+At m = 1 every multiplier is 1, so the base model trains as it would under SP except for the
+attention scale. ``sp`` changes nothing at all.
+"""
+
+from typing import Any
+
+import jax
+
+PARAMETRIZATIONS = ("sp", "mup")
+SGD_FAMILY = ("sgd", "momentum", "nesterov")
+
+
+def width_multiplier(cfg) -> float:
+  if cfg.parametrization != "mup":
+    return 1.0
+  return cfg.d_model / (cfg.mup_base_width or cfg.d_model)
+
+
+def hidden_init_std(cfg, std: float) -> float:
+  return std / width_multiplier(cfg) ** 0.5
+
+
+def attention_scale(cfg) -> float:
+  return 1.0 / cfg.head_dim if cfg.parametrization == "mup" else cfg.head_dim ** -0.5
+
+
+def output_multiplier(cfg) -> float:
+  return 1.0 / width_multiplier(cfg)
+
+
+def _role(names: list[str], ndim: int) -> str:
+  if names[0] in ("embed", "position_embed"):
+    return "embedding"
+  if names[0] == "head":
+    return "readout"
+  stacked = names[0] == "layers"  # scanned blocks carry a leading layer axis
+  return "hidden" if ndim - int(stacked) >= 2 else "vector"
+
+
+def lr_table(cfg, optimizer: str) -> dict[str, float]:
+  """Learning-rate multiplier of each parameter role (all 1.0 under SP)."""
+  m = width_multiplier(cfg)
+  if cfg.parametrization != "mup":
+    return dict.fromkeys(("embedding", "vector", "hidden", "readout"), 1.0)
+  if optimizer in SGD_FAMILY:
+    return {"embedding": m, "vector": m, "hidden": 1.0, "readout": 1.0 / m}
+  # Adam family (adam, adamw, lion, adafactor, rmsprop, adagrad): scale-invariant updates.
+  return {"embedding": 1.0, "vector": 1.0, "hidden": 1.0 / m, "readout": 1.0}
+
+
+def lr_multipliers(cfg, params: Any, optimizer: str) -> Any:
+  """A tree like ``params`` of learning-rate multipliers."""
+  table = lr_table(cfg, optimizer)
+
+  def multiplier(path, leaf):
+    names = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
+    return table[_role(names, leaf.ndim)]
+
+  return jax.tree_util.tree_map_with_path(multiplier, params)
