@@ -99,7 +99,7 @@ def main(argv) -> int:
     flags.DEFINE_enum("flop_convention", "palm", ["palm", "chinchilla", "kaplan", "measured"],
                       "FLOPs per step used for MFU", flag_values=flag_values)
 
-  flag_values = cli._parse_config(argv, define)
+  flag_values = cli.parse_config(argv, define)
   if flag_values.steps <= 0 or flag_values.warmup < 0:
     raise cli.UsageError("--steps must be positive and --warmup non-negative")
   try:

@@ -55,7 +55,7 @@ def _resolve_config_path(argv: list[str]) -> list[str]:
           else a for a in argv]
 
 
-def _parse_config(argv: Sequence[str], extra_flags: Callable[[object], None]):
+def parse_config(argv: Sequence[str], extra_flags: Callable[[object], None]):
   """Parses ``--config`` (with overrides) and the subcommand's own flags."""
   from absl import flags
   from ml_collections import config_flags
@@ -120,7 +120,7 @@ def train_command(argv: Sequence[str]) -> int:
     flags.DEFINE_integer("process_id", None, "this process's index (or JAX_PROCESS_ID)",
                          flag_values=flag_values)
 
-  flag_values = _parse_config(argv, define)
+  flag_values = parse_config(argv, define)
   if not flag_values.workdir:
     raise UsageError("missing --workdir; pass the run directory, e.g. --workdir=runs/x")
   from isoflop.train import build, distributed, dry_run, loop, preemption

@@ -26,7 +26,7 @@ def main(argv=None) -> int:
     flags.DEFINE_bool("json", False, "print one JSON line", flag_values=flag_values)
 
   try:
-    flag_values = cli._parse_config(list(argv or sys.argv), define)
+    flag_values = cli.parse_config(list(argv or sys.argv), define)
     config = flag_values.config
     source = data_lib.make_source(config)
   except (cli.UsageError, ValueError) as e:

@@ -10,10 +10,6 @@ from isoflop.train import optimizers
 from isoflop.train.state import TrainState
 
 
-def _tree_sq_sum(tree) -> jax.Array:
-  return sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree))
-
-
 def group_norms(prefix: str, tree: Any, stacked: Any) -> dict[str, jax.Array]:
   """L2 norms per top-level module; modules under a scanned layer axis get one per layer.
 
@@ -87,7 +83,7 @@ def make_train_step(task, tx: optax.GradientTransformation, schedule: optax.Sche
     metrics = dict(metrics)
     metrics["lr"] = schedule(state.step)
     metrics["grad_norm"] = optax.tree.norm(grads)
-    metrics["param_norm"] = jnp.sqrt(_tree_sq_sum(params))
+    metrics["param_norm"] = optax.tree.norm(params)
     metrics["update_norm"] = optax.tree.norm(updates)
     if layer_norms_stacked is not None:
       metrics.update(group_norms("param_norm", params, layer_norms_stacked))
