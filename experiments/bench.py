@@ -106,7 +106,7 @@ def main(argv) -> int:
     run(flag_values.config, flag_values.out, flag_values.steps, flag_values.warmup,
         flag_values.flop_convention)
   except ValueError as e:
-    raise cli.UsageError(cli._one_line(e)) from None
+    raise cli.UsageError(cli.one_line(e)) from None
   return 0
 
 

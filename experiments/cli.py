@@ -25,6 +25,11 @@ subcommands:
           (or --csv=FILE with columns N, loss and D or C)
   bench   time the training step: isoflop bench --config=... --out=bench.json [--steps=N]
           (tokens/s, MFU against the device's peak, memory, joules per token on NVIDIA)
+  coordcheck  activation sizes against width under SP and muP (Tensor Programs V):
+          isoflop coordcheck --config=experiments/configs/coordcheck.py --out=DIR
+          [--widths=128,256,512,1024,2048 --seeds=3 --steps=5]
+  transfer  best learning rate against width from an lr x width sweep (SP vs muP):
+          isoflop transfer --workdir=runs/mup_lr --out=DIR
 
 exit status: 0 done, 1 sweep with failed members, 2 bad input, 3 non-finite loss,
 75 preempted (SIGTERM/SIGINT; rerun the same command to resume)
@@ -70,7 +75,7 @@ def parse_config(argv: Sequence[str], extra_flags: Callable[[object], None]):
   try:
     flag_values(argv)
   except (flags.Error, AttributeError, KeyError, TypeError, ValueError, OSError) as e:
-    raise UsageError(_unknown_key_message(argv) or _one_line(e)) from None
+    raise UsageError(_unknown_key_message(argv) or one_line(e)) from None
   return flag_values
 
 
@@ -101,7 +106,7 @@ def _unknown_key_message(argv: Sequence[str]) -> str | None:
   return None
 
 
-def _one_line(error: BaseException) -> str:
+def one_line(error: BaseException) -> str:
   text = " ".join(str(error).split())
   return text or type(error).__name__
 
@@ -135,7 +140,7 @@ def train_command(argv: Sequence[str]) -> int:
   except ValueError as e:  # raised at the boundary by config, mesh, data and optimizer checks
     if os.environ.get("ISOFLOP_DEBUG"):
       raise
-    raise UsageError(_one_line(e)) from None
+    raise UsageError(one_line(e)) from None
   except preemption.Preempted as e:
     print(f"isoflop train: {e}", file=sys.stderr)
     return preemption.EXIT_PREEMPTED
@@ -157,7 +162,7 @@ def sweep_command(argv: Sequence[str]) -> int:
   try:
     flag_values(list(argv))
   except flags.Error as e:
-    raise UsageError(_one_line(e)) from None
+    raise UsageError(one_line(e)) from None
   if not flag_values.sweep:
     raise UsageError("missing --sweep; pass e.g. --sweep=experiments/sweeps/"
                      "shakespeare_isoflop.py")
@@ -169,7 +174,7 @@ def sweep_command(argv: Sequence[str]) -> int:
     return sweep.run(path, flag_values.workdir, workers=flag_values.workers,
                      dry_run=flag_values.dry_run)
   except ValueError as e:
-    raise UsageError(_one_line(e)) from None
+    raise UsageError(one_line(e)) from None
 
 
 def resolve_sweep_path(path: str) -> str:
@@ -190,8 +195,19 @@ def bench_command(argv: Sequence[str]) -> int:
   return bench.main(list(argv))
 
 
+def transfer_command(argv: Sequence[str]) -> int:
+  from isoflop.experiments.analysis import lr_transfer
+  return lr_transfer.main(list(argv))
+
+
+def coordcheck_command(argv: Sequence[str]) -> int:
+  from isoflop.experiments import coordcheck
+  return coordcheck.main(list(argv))
+
+
 SUBCOMMANDS = {"train": train_command, "sweep": sweep_command, "analyze": analyze_command,
-               "bench": bench_command}
+               "bench": bench_command, "coordcheck": coordcheck_command,
+               "transfer": transfer_command}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -29,7 +29,7 @@ RUNS_COLUMNS = (["name", "workdir", "status", "budget", "target_params"]
                 + [f"C_{c}" for c in CONVENTIONS + ("measured",)]
                 + ["final_train_loss", "final_eval_loss", "wall_time_s", "steps", "d_model",
                    "n_layers", "branched", "final_train_loss_std", "final_eval_loss_std",
-                   "energy_j"])
+                   "energy_j", "lr", "parametrization"])
 
 
 def _flag_value(value: Any) -> str:
@@ -83,7 +83,9 @@ def runs_row(sweep_dir: str, member: sweep_definition.Member) -> dict[str, Any]:
     steps = record["config"]["steps"]
     tokens = steps * record["tokens_per_step"]
     row.update(D=tokens, steps=steps, d_model=record["config"]["model"]["d_model"],
-               n_layers=record["config"]["model"]["n_layers"])
+               n_layers=record["config"]["model"]["n_layers"],
+               lr=record["config"]["optimizer"]["lr"],
+               parametrization=record["config"]["model"]["parametrization"])
     for c in CONVENTIONS:
       row[f"N_{c}"] = record["n_params"][c]
     for c, per_token in record["flops_per_token"].items():

@@ -11,7 +11,9 @@ Kinds:
 With ``wsd_branching = True`` (and the WSD schedule), members that differ only in their
 token budget branch their decays from one shared warmup-stable run.
   grid     the cartesian product of ``grid`` (config keys nested as in the config, each with a
-           list of values) on the base config.
+           list of values) on the base config. Keys in ``zipped`` (nested the same way, lists of
+           one length) advance together, as one more axis of the product: e.g. d_model with
+           n_heads, so the head size stays fixed as the width grows.
 ``overrides`` (nested like the config) apply to every member.
 """
 
@@ -155,17 +157,34 @@ def _sized_member(sweep, config, target: float, tokens: float | None, budget: fl
   return Member(f"{name}_N{n:.3g}".replace("+", ""), overrides, budget, target)
 
 
+def _zipped_axis(sweep) -> list[dict[str, Any]]:
+  """The ``zipped`` keys as one axis: a list of {key: value} with one entry per position."""
+  zipped = resume_policy.flatten(sweep.zipped.to_dict()) if sweep.get("zipped") else {}
+  if not zipped:
+    return [{}]
+  lengths = {k: len(v) for k, v in zipped.items()}
+  if len(set(lengths.values())) != 1:
+    raise ValueError(f"the lists in the sweep's zipped must have one length, got {lengths}; "
+                     "give every zipped key one value per position")
+  return [dict(zip(zipped, values)) for values in zip(*zipped.values())]
+
+
+def _grid_members(sweep) -> list[Member]:
+  grid = resume_policy.flatten(sweep.grid.to_dict())  # {"optimizer": {"lr": [...]}}
+  keys = sorted(grid)
+  out = []
+  for together in _zipped_axis(sweep):
+    for values in itertools.product(*(list(grid[k]) for k in keys)):
+      overrides = {**together, **dict(zip(keys, values))}
+      name = ",".join(f"{k.split('.')[-1]}={v}" for k, v in overrides.items())
+      out.append(Member(name, overrides, None, None))
+  return out
+
+
 def members(sweep, config) -> list[Member]:
   """Expands the sweep into its members, in a stable order."""
   if sweep.kind == "grid":
-    grid = resume_policy.flatten(sweep.grid.to_dict())  # {"optimizer": {"lr": [...]}}
-    keys = sorted(grid)
-    out = []
-    for values in itertools.product(*(list(grid[k]) for k in keys)):
-      overrides = dict(zip(keys, values))
-      name = ",".join(f"{k.split('.')[-1]}={v}" for k, v in overrides.items())
-      out.append(Member(name, overrides, None, None))
-    return out
+    return _grid_members(sweep)
   if sweep.kind == "ladder":  # tokens_per_param may be one ratio or several
     ratios = sweep.tokens_per_param
     ratios = tuple(ratios) if isinstance(ratios, (tuple, list)) else (ratios,)

@@ -47,6 +47,12 @@ class Attention(nn.Module):
                                     (n_heads, self.d_head), ("heads", "kv"))
     return y_BLNK
 
+  def _sow_logits(self, q_BLHK, k_BLGK):
+    """The scaled q.k scores, for the coordinate check (the fused kernel never shows them)."""
+    k_BLHK = jnp.repeat(k_BLGK, self.n_heads // self.n_kv_heads, axis=2)
+    scores_BHLL = jnp.einsum("bqhk,bshk->bhqs", q_BLHK, k_BLHK) * self.scale
+    self.sow("intermediates", "attention_logits", scores_BHLL)
+
   @nn.compact
   def __call__(self, x_BLD: jax.Array, positions_BL: jax.Array,
                segment_ids_BL: jax.Array | None = None) -> jax.Array:
@@ -63,6 +69,8 @@ class Attention(nn.Module):
     mask_B1LL = None
     if segment_ids_BL is not None:  # packed documents: attend only within one's own
       mask_B1LL = (segment_ids_BL[:, :, None] == segment_ids_BL[:, None, :])[:, None]
+    if self.is_mutable_collection("intermediates") and not self.is_initializing():
+      self._sow_logits(q_BLHK, k_BLGK)
     out_BLHK = jax.nn.dot_product_attention(
         q_BLHK, k_BLGK, v_BLGK, mask=mask_B1LL, is_causal=True, scale=self.scale,
         implementation=self.implementation)

@@ -12,6 +12,9 @@ Notebook use needs nothing else::
     model = transformer.Decoder(cfg)
     params = model.init(jax.random.key(0), tokens_BL)["params"]
     logits_BLV = model.apply({"params": params}, tokens_BL)
+
+Passing ``mutable=["intermediates"]`` to ``apply`` also returns the activations the coordinate
+check measures (embedding, each block's output, attention logits, logits).
 """
 
 import dataclasses
@@ -63,6 +66,7 @@ class TransformerConfig:
   param_dtype: str = "float32"
   parametrization: str = "sp"  # sp | mup (models/mup.py)
   mup_base_width: int | None = None  # mup: the width hyperparameters were tuned at
+  mup_zero_readout: bool = True  # mup: the readout starts at zero (models/mup.py)
 
   def __post_init__(self):
     for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_len", "scan_unroll"):
@@ -144,6 +148,7 @@ class Block(nn.Module):
         kernel_init=_normal(hidden_std), out_kernel_init=out_init, dtype=dtype,
         param_dtype=param_dtype, name="mlp")(norm("mlp_norm")(x_BLD))
     x_BLD = x_BLD + nn.Dropout(cfg.dropout, deterministic=self.deterministic)(h_BLD)
+    self.sow("intermediates", "block_output", x_BLD)
     return nn.with_logical_constraint(x_BLD, ("batch", "length", "embed")), None
 
 
@@ -171,6 +176,7 @@ class Decoder(nn.Module):
           cfg.max_len, cfg.d_model, dtype=dtype, param_dtype=param_dtype,
           embedding_init=nn.with_logical_partitioning(_normal(cfg.init_std), ("length", "embed")),
           name="position_embed")(positions_BL)
+    self.sow("intermediates", "embedding", x_BLD)
     x_BLD = nn.Dropout(cfg.dropout, deterministic=not train)(x_BLD)
     x_BLD = nn.with_logical_constraint(x_BLD, ("batch", "length", "embed"))
 
@@ -178,7 +184,7 @@ class Decoder(nn.Module):
     if cfg.remat != "none":
       block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=False)
     stack = nn.scan(
-        block, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+        block, variable_axes={"params": 0, "intermediates": 0}, split_rngs={"params": True, "dropout": True},
         in_axes=(nn.broadcast, nn.broadcast), length=cfg.n_layers, unroll=cfg.scan_unroll,
         metadata_params={nn.PARTITION_NAME: "layers"})
     x_BLD, _ = stack(cfg, deterministic=not train, name="layers")(x_BLD, positions_BL,
@@ -189,11 +195,14 @@ class Decoder(nn.Module):
     if cfg.tie_embeddings:
       logits_BLV = embed.attend(x_BLD)
     else:
+      readout_init = (nn.initializers.zeros if mup.zero_readout(cfg)
+                      else _normal(cfg.init_std))
       logits_BLV = nn.Dense(
           cfg.vocab_size, use_bias=False, dtype=dtype, param_dtype=param_dtype,
-          kernel_init=nn.with_logical_partitioning(_normal(cfg.init_std), ("embed", "vocab")),
+          kernel_init=nn.with_logical_partitioning(readout_init, ("embed", "vocab")),
           name="head")(x_BLD)
     if cfg.parametrization == "mup":
       logits_BLV = logits_BLV * mup.output_multiplier(cfg)
     logits_BLV = nn.with_logical_constraint(logits_BLV, ("batch", "length", "vocab"))
+    self.sow("intermediates", "logits", logits_BLV)
     return logits_BLV.astype(jnp.float32)

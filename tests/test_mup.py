@@ -30,16 +30,20 @@ def test_init_scales_follow_the_width_multiplier():
   assert np.std(mu["layers"]["mlp"]["wi"]["kernel"]) == pytest.approx(0.01, rel=0.03)
   assert np.std(sp["layers"]["attention"]["query_kernel"]) == pytest.approx(0.02, rel=0.03)
   assert np.std(mu["embed"]["embedding"]) == pytest.approx(0.02, rel=0.05)
-  assert np.std(mu["head"]["kernel"]) == pytest.approx(0.02, rel=0.05)
+  assert np.all(mu["head"]["kernel"] == 0)  # the zero readout (Yang et al. 2022)
+  nonzero = _params(dataclasses.replace(MUP, mup_zero_readout=False))
+  assert np.std(nonzero["head"]["kernel"]) == pytest.approx(0.02, rel=0.05)
   assert mup.attention_scale(MUP) == 1 / 64 and mup.attention_scale(SP) == 64 ** -0.5
   assert mup.output_multiplier(MUP) == 0.25 and mup.width_multiplier(SP) == 1.0
 
 
 def test_output_multiplier_scales_the_logits():
-  params = _params(MUP)
-  mu = transformer.Decoder(MUP).apply({"params": params}, TOKENS)
-  plain = transformer.Decoder(dataclasses.replace(MUP, mup_base_width=256)).apply(
+  random_readout = dataclasses.replace(MUP, mup_zero_readout=False)  # else the logits are 0
+  params = _params(random_readout)
+  mu = transformer.Decoder(random_readout).apply({"params": params}, TOKENS)
+  plain = transformer.Decoder(dataclasses.replace(random_readout, mup_base_width=256)).apply(
       {"params": params}, TOKENS)  # m = 1: no multiplier, same attention scale
+  assert np.abs(plain).mean() > 1e-3
   np.testing.assert_allclose(mu, plain * 0.25, rtol=1e-5, atol=1e-7)
 
 

@@ -36,9 +36,13 @@ def get_sweep():
 """
 
 
+def _write_sweep_text(kind="isoflop", lrs=(1e-3, 3e-3), steps=30):
+  return SWEEP.format(kind=kind, lrs=lrs, steps=steps)
+
+
 def _write_sweep(tmp_path, kind="isoflop", lrs=(1e-3, 3e-3), steps=30):
   path = tmp_path / f"{kind}.py"
-  path.write_text(SWEEP.format(kind=kind, lrs=lrs, steps=steps))
+  path.write_text(_write_sweep_text(kind, lrs, steps))
   return str(path)
 
 
@@ -74,6 +78,26 @@ def test_ladder_and_grid_members(tmp_path):
   assert len(ladder) == 2 and ladder[0].overrides["steps"] < ladder[1].overrides["steps"]
   _, grid = _expand(_write_sweep(tmp_path, "grid", lrs=(1e-3, 3e-3, 1e-2)))
   assert [m.overrides for m in grid] == [{"optimizer.lr": v} for v in (1e-3, 3e-3, 1e-2)]
+
+
+def test_zipped_keys_advance_together(tmp_path):
+  path = tmp_path / "zipped.py"
+  path.write_text(_write_sweep_text("grid", lrs=(1e-3, 3e-3)) + """
+get_plain_sweep = get_sweep
+
+def get_sweep():
+  s = get_plain_sweep()
+  s.zipped = {"model": {"d_model": [64, 128], "n_heads": [4, 8]}}
+  return s
+""")
+  _, grid = _expand(str(path))
+  assert [m.overrides for m in grid] == [
+      {"model.d_model": d, "model.n_heads": h, "optimizer.lr": lr}
+      for d, h in ((64, 4), (128, 8)) for lr in (1e-3, 3e-3)]
+  assert len({m.name for m in grid}) == 4
+  path.write_text(path.read_text().replace("[4, 8]", "[4, 8, 16]"))
+  with pytest.raises(ValueError, match="must have one length"):
+    _expand(str(path))
 
 
 def _sweep_cli(*args, **kwargs):

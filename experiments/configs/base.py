@@ -55,6 +55,7 @@ def get_config() -> ml_collections.ConfigDict:
   m.param_dtype = "float32"
   m.parametrization = "sp"  # sp | mup (models/mup.py)
   m.mup_base_width = config_dict.placeholder(int)  # mup: the width tuned at; None = d_model
+  m.mup_zero_readout = True  # mup: the readout starts at zero (Yang et al. 2022); False: as SP
 
   c.optimizer = ml_collections.ConfigDict()
   o = c.optimizer
