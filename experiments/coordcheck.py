@@ -158,12 +158,34 @@ def max_abs_slope(result: dict[str, Any], activation: str | None = None) -> floa
   return max(slopes)
 
 
+MIN_DECADES = 2.0  # every panel's y axis spans at least this, so flat lines look flat
+
+
+def _panel_order(name: str) -> tuple:
+  """embedding, then each layer's attention logits and block output, then the logits."""
+  if name == "embedding":
+    return (0, 0, 0)
+  if name == "logits":
+    return (2, 0, 0)
+  kind, layer = name.rsplit("_", 1)
+  return (1, int(layer), kind != "attention_logits")
+
+
+def _span_decades(ax, values, decades: float) -> None:
+  positive = np.asarray(values, dtype=float)
+  positive = positive[positive > 0]
+  if positive.size:
+    low, high = np.log10(positive.min()), np.log10(positive.max())
+    middle, half = (low + high) / 2, max(high - low, decades) / 2 * 1.05
+    ax.set_ylim(10 ** (middle - half), 10 ** (middle + half))
+
+
 def figure(result: dict[str, Any], widths: Sequence[int], title: str, path: str) -> None:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  names = list(result)
+  names = sorted(result, key=_panel_order)
   steps = len(result[names[0]]["size"])
   fig, axes = plt.subplots(2, len(names), figsize=(2.6 * len(names), 5.4), squeeze=False)
   colors = plt.cm.viridis(np.linspace(0, 0.9, steps))
@@ -176,13 +198,14 @@ def figure(result: dict[str, Any], widths: Sequence[int], title: str, path: str)
           ax.plot(widths, values, "o-", color=colors[step], markersize=3, label=f"t={step}")
       ax.set_xscale("log", base=2)
       ax.set_yscale("log")
+      _span_decades(ax, result[name][kind], MIN_DECADES)
       ax.set_title(name if row == 0 else f"{name}: change", fontsize=8)
       ax.tick_params(labelsize=7)
       if row == 1:
         ax.set_xlabel("width (d_model)", fontsize=8)
   axes[0, 0].set_ylabel("mean |x|", fontsize=8)
   axes[1, 0].set_ylabel("mean |x_t - x_0|", fontsize=8)
-  axes[0, -1].legend(fontsize=6)
+  axes[0, 0].legend(fontsize=6)  # the embedding has every step (muP's logits lack t=0)
   fig.suptitle(title, fontsize=10)
   fig.tight_layout()
   fig.savefig(f"{path}.tmp.png", dpi=110)
@@ -225,7 +248,7 @@ def run(config, out_dir: str, widths: Sequence[int], seeds: int, steps: int,
   os.makedirs(out_dir, exist_ok=True)
   for parametrization in PARAMETRIZATIONS:
     figure(data[parametrization], widths,
-           f"coordinate check, {parametrization} (base width {base_width})",
+           f"coordinate check, {parametrization} (base width {base_width}; {seeds} seeds, mean)",
            os.path.join(out_dir, f"coordcheck_{parametrization}.png"))
   run_record.write_json_atomically(os.path.join(out_dir, "coordcheck.json"), data)
   return data
