@@ -101,6 +101,9 @@ def load(path: str) -> ml_collections.ConfigDict:
   if not isinstance(sweep, ml_collections.ConfigDict) or sweep.get("kind") not in KINDS:
     raise ValueError(f"get_sweep() in {path} must return a ConfigDict whose 'kind' is one of "
                      f"{KINDS}")
+  for key in ("n_convention", "flop_convention"):  # a grid sweep need not name them
+    if key not in sweep:
+      sweep[key] = "chinchilla"
   return sweep
 
 

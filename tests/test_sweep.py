@@ -82,7 +82,10 @@ def test_ladder_and_grid_members(tmp_path):
 
 def test_zipped_keys_advance_together(tmp_path):
   path = tmp_path / "zipped.py"
-  path.write_text(_write_sweep_text("grid", lrs=(1e-3, 3e-3)) + """
+  text = _write_sweep_text("grid", lrs=(1e-3, 3e-3))
+  text = text.replace('s.n_convention = "chinchilla"', "").replace(
+      's.flop_convention = "chinchilla"', "")
+  path.write_text(text + """
 get_plain_sweep = get_sweep
 
 def get_sweep():
@@ -90,7 +93,8 @@ def get_sweep():
   s.zipped = {"model": {"d_model": [64, 128], "n_heads": [4, 8]}}
   return s
 """)
-  _, grid = _expand(str(path))
+  sweep, grid = _expand(str(path))
+  assert sweep.flop_convention == "chinchilla"  # the default of a sweep that names none
   assert [m.overrides for m in grid] == [
       {"model.d_model": d, "model.n_heads": h, "optimizer.lr": lr}
       for d, h in ((64, 4), (128, 8)) for lr in (1e-3, 3e-3)]
