@@ -100,18 +100,24 @@ def measure_width(config, devices=None) -> dict[str, np.ndarray]:
     return {k: jax.device_put(v, prepared.batch_sharding) for k, v in host.items()}
 
   with jax.set_mesh(prepared.mesh), nn.logical_axis_rules(prepared.rules):
-    keys = jax.vmap(jax.random.key)(config.seed + np.arange(config.ensemble))
+    single = config.ensemble == 1  # the step then takes one model, without a seed axis
+    keys = (jax.random.key(config.seed) if single
+            else jax.vmap(jax.random.key)(config.seed + np.arange(config.ensemble)))
     state = state_lib.create_state(prepared.task, prepared.tx, prepared.batch_shapes, keys,
                                    jax.tree.map(lambda a: a.sharding, prepared.abstract_state))
+
+    def seed_axis(params):
+      return jax.tree.map(lambda a: a[None], params) if single else params
+
     fixed = batch(0)  # every step trains on this batch, and the activations are measured on it
     probe = fixed["inputs"]
     first = jax.jit(lambda p, x: stats(p, x, None))
-    later = jax.jit(stats)
-    size, change, reference = first(state.params, probe)
+    later = jax.jit(lambda p, x, reference: stats(p, x, reference)[:2])
+    size, change, reference = first(seed_axis(state.params), probe)
     sizes, changes = [size], [change]
-    for step in range(config.steps):
+    for _ in range(config.steps):
       state, _ = prepared.compiled_step(state, fixed)
-      size, change, _ = later(state.params, probe, reference)
+      size, change = later(seed_axis(state.params), probe, reference)
       sizes.append(size)
       changes.append(change)
     if int(jnp.max(state.first_nonfinite_step)) >= 0:

@@ -116,3 +116,17 @@ def test_probing_activations_does_not_change_the_logits():
   np.testing.assert_array_equal(acts["logits"], plain)
   # A grouped-query head sees its shared key: the probe's logits are q.k / sqrt(d_head).
   assert jnp.all(jnp.isfinite(acts["attention_logits_0"]))
+
+
+def test_one_seed_and_its_json(tmp_path):
+  config = coordcheck_config.get_config()
+  config.update(batch_size=1, seq_len=8)
+  data = coordcheck.run(config, str(tmp_path), (16, 32), seeds=1, steps=1, base_width=16,
+                        head_dim=8, progress=False, devices=jax.devices()[:1])
+  saved = json.loads((tmp_path / "coordcheck.json").read_text())
+  assert saved["widths"] == [16, 32] and saved["steps"] == [0, 1] and saved["seeds"] == [0]
+  for parametrization in ("sp", "mup"):
+    entry = saved[parametrization]["block_0"]
+    assert len(entry["size_slope"]) == 2 and len(entry["size"]) == 2
+    assert len(entry["size"][0]) == 2  # one seed-mean per width
+  assert data["summary"]["sp_logits_size_slope"][0] > 0
