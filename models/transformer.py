@@ -66,7 +66,8 @@ class TransformerConfig:
   param_dtype: str = "float32"
   parametrization: str = "sp"  # sp | mup (models/mup.py)
   mup_base_width: int | None = None  # mup: the width hyperparameters were tuned at
-  mup_zero_readout: bool = True  # mup: the readout starts at zero (models/mup.py)
+  mup_zero_readout: bool = False  # mup: the readout starts at zero (models/mup.py)
+  mup_base_head_dim: int | None = None  # mup: d_head of the base model; None = d_head (fixed)
 
   def __post_init__(self):
     for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_len", "scan_unroll"):

@@ -30,10 +30,13 @@ def test_init_scales_follow_the_width_multiplier():
   assert np.std(mu["layers"]["mlp"]["wi"]["kernel"]) == pytest.approx(0.01, rel=0.03)
   assert np.std(sp["layers"]["attention"]["query_kernel"]) == pytest.approx(0.02, rel=0.03)
   assert np.std(mu["embed"]["embedding"]) == pytest.approx(0.02, rel=0.05)
-  assert np.all(mu["head"]["kernel"] == 0)  # the zero readout (Yang et al. 2022)
-  nonzero = _params(dataclasses.replace(MUP, mup_zero_readout=False))
-  assert np.std(nonzero["head"]["kernel"]) == pytest.approx(0.02, rel=0.05)
-  assert mup.attention_scale(MUP) == 1 / 64 and mup.attention_scale(SP) == 64 ** -0.5
+  assert np.std(mu["head"]["kernel"]) == pytest.approx(0.02, rel=0.05)
+  zero = _params(dataclasses.replace(MUP, mup_zero_readout=True))
+  assert np.all(zero["head"]["kernel"] == 0)  # the zero readout (Yang et al. 2022)
+  # Attention: sqrt(base d_head) / d_head. Heads of a fixed size: SP's 1/sqrt(64) = 1/8;
+  # heads grown 4x from a base of 16: 4 / 64 = 1/16, i.e. 1/d_head relative to the base.
+  assert mup.attention_scale(MUP) == 1 / 8 and mup.attention_scale(SP) == 64 ** -0.5
+  assert mup.attention_scale(dataclasses.replace(MUP, mup_base_head_dim=16)) == 1 / 16
   assert mup.output_multiplier(MUP) == 0.25 and mup.width_multiplier(SP) == 1.0
 
 

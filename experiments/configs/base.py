@@ -55,7 +55,10 @@ def get_config() -> ml_collections.ConfigDict:
   m.param_dtype = "float32"
   m.parametrization = "sp"  # sp | mup (models/mup.py)
   m.mup_base_width = config_dict.placeholder(int)  # mup: the width tuned at; None = d_model
-  m.mup_zero_readout = True  # mup: the readout starts at zero (Yang et al. 2022); False: as SP
+  # mup: the base model's head size, for attention's sqrt(base d_head) / d_head; None = heads of
+  # a fixed size (n_heads grows with d_model), where that equals SP's 1/sqrt(d_head).
+  m.mup_base_head_dim = config_dict.placeholder(int)
+  m.mup_zero_readout = False  # mup: True starts the readout at zero (Yang et al. 2022)
 
   c.optimizer = ml_collections.ConfigDict()
   o = c.optimizer

@@ -12,6 +12,10 @@ def get_config():
   c.model.d_model = 64
   c.model.n_heads = 4  # heads of 16; coordcheck keeps the head size fixed as width grows
   c.model.tie_embeddings = False
+  # muP's readout at zero: with the random one, muP's logits start at a size ~ width^-1/2 (they
+  # vanish in the width limit by design) and the check would measure that instead of the
+  # updates. ``--config.model.mup_zero_readout=False`` measures it (see the README).
+  c.model.mup_zero_readout = True
   c.optimizer.name = "adam"
   c.optimizer.lr = 1e-3
   c.optimizer.schedule = "constant"
