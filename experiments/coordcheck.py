@@ -80,7 +80,6 @@ def measure_width(config, devices=None) -> dict[str, np.ndarray]:
   from isoflop.train import state as state_lib
 
   prepared = build.prepare(config, devices)
-  batch_rows = config.batch_size
   model = prepared.task.model
 
   def forward(params, inputs):
@@ -95,10 +94,6 @@ def measure_width(config, devices=None) -> dict[str, np.ndarray]:
               if reference is not None else {k: jnp.zeros_like(v) for k, v in size.items()})
     return size, change, acts
 
-  def batch(index):
-    host = prepared.source.batch(np.arange(batch_rows) + index * batch_rows)
-    return {k: jax.device_put(v, prepared.batch_sharding) for k, v in host.items()}
-
   with jax.set_mesh(prepared.mesh), nn.logical_axis_rules(prepared.rules):
     single = config.ensemble == 1  # the step then takes one model, without a seed axis
     keys = (jax.random.key(config.seed) if single
@@ -109,7 +104,9 @@ def measure_width(config, devices=None) -> dict[str, np.ndarray]:
     def seed_axis(params):
       return jax.tree.map(lambda a: a[None], params) if single else params
 
-    fixed = batch(0)  # every step trains on this batch, and the activations are measured on it
+    # Every step trains on this batch, and the activations are measured on it.
+    fixed = {k: jax.device_put(v, prepared.batch_sharding)
+             for k, v in prepared.source.batch(np.arange(config.batch_size)).items()}
     probe = fixed["inputs"]
     first = jax.jit(lambda p, x: stats(p, x, None))
     later = jax.jit(lambda p, x, reference: stats(p, x, reference)[:2])

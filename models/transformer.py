@@ -185,7 +185,8 @@ class Decoder(nn.Module):
     if cfg.remat != "none":
       block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=False)
     stack = nn.scan(
-        block, variable_axes={"params": 0, "intermediates": 0}, split_rngs={"params": True, "dropout": True},
+        block, variable_axes={"params": 0, "intermediates": 0},
+        split_rngs={"params": True, "dropout": True},
         in_axes=(nn.broadcast, nn.broadcast), length=cfg.n_layers, unroll=cfg.scan_unroll,
         metadata_params={nn.PARTITION_NAME: "layers"})
     x_BLD, _ = stack(cfg, deterministic=not train, name="layers")(x_BLD, positions_BL,

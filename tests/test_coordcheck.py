@@ -5,7 +5,6 @@ import json
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -114,8 +113,6 @@ def test_probing_activations_does_not_change_the_logits():
   assert acts["attention_logits_1"].shape == (2, 4, 8, 8)  # batch, heads, query, key
   assert acts["block_0"].shape == (2, 8, 32)
   np.testing.assert_array_equal(acts["logits"], plain)
-  # A grouped-query head sees its shared key: the probe's logits are q.k / sqrt(d_head).
-  assert jnp.all(jnp.isfinite(acts["attention_logits_0"]))
 
 
 def test_one_seed_and_its_json(tmp_path):
