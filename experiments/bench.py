@@ -2,8 +2,10 @@
 
 Compiles once, warms up, then times ``--steps`` steps with the device synchronized, and
 writes a JSON file. MFU divides the step's FLOPs (under ``--flop_convention``, PaLM's by
-default, the usual MFU definition) by the devices' peak bf16 FLOP/s from
-``train/hardware.py``; an unknown device gives ``mfu: null``.
+default, the usual MFU definition; all ``ensemble`` models' FLOPs for a seed ensemble) by the
+devices' peak bf16 FLOP/s from ``train/hardware.py``; an unknown device gives ``mfu: null``.
+``hfu`` does the same with the ``measured`` FLOPs (what the compiled step executes,
+rematerialization included).
 """
 
 import os
@@ -14,10 +16,19 @@ import time
 import numpy as np
 
 
+def utilization(flops_per_step: float, step_time_s: float, peak_per_device: float | None,
+                n_devices: int) -> float | None:
+  """FLOPs per second achieved over the devices' peak; None without a known peak."""
+  if peak_per_device is None:
+    return None
+  return flops_per_step / step_time_s / (peak_per_device * n_devices)
+
+
 def run(config, out_path: str, steps: int, warmup: int, flop_convention: str) -> dict:
   import flax.linen as nn
   import jax
 
+  from isoflop.models import conventions
   from isoflop.train import build, hardware, run_record
   from isoflop.train import state as state_lib
 
@@ -25,7 +36,7 @@ def run(config, out_path: str, steps: int, warmup: int, flop_convention: str) ->
   record = prepared.record
   with jax.set_mesh(prepared.mesh), nn.logical_axis_rules(prepared.rules):
     state = state_lib.create_state(prepared.task, prepared.tx, prepared.batch_shapes,
-                                   jax.random.key(config.seed),
+                                   state_lib.seed_keys(config.seed, config.ensemble),
                                    jax.tree.map(lambda a: a.sharding, prepared.abstract_state))
   batches = [{k: jax.device_put(v, prepared.batch_sharding) for k, v in
               prepared.source.batch(np.arange(config.batch_size) + i * config.batch_size).items()}
@@ -47,7 +58,9 @@ def run(config, out_path: str, steps: int, warmup: int, flop_convention: str) ->
   device = next(iter(devices))
   n_devices = prepared.mesh.devices.size
   peak, peak_source = hardware.peak_bf16_flops(device.device_kind)
-  flops_per_step = record["flops_per_step"][flop_convention]
+  # An ensemble step trains ``ensemble`` models; the record's FLOPs are per model.
+  flops_per_step = record["flops_per_step"][flop_convention] * config.ensemble
+  hardware_flops_per_step = record["flops_per_step"][conventions.MEASURED] * config.ensemble
   memory = [d.memory_stats() or {} for d in devices]
   peak_memory = max((m.get("peak_bytes_in_use") for m in memory if m.get("peak_bytes_in_use")),
                     default=None)
@@ -55,9 +68,13 @@ def run(config, out_path: str, steps: int, warmup: int, flop_convention: str) ->
   result = {
       "step_time_s": step_time,
       "tokens_per_s": tokens_per_step / step_time,
-      "mfu": None if peak is None else flops_per_step / step_time / (peak * n_devices),
+      "mfu": utilization(flops_per_step, step_time, peak, n_devices),
       "flop_convention": flop_convention,
       "flops_per_step": flops_per_step,
+      # Hardware FLOPs utilization: what the compiled step executes, remat included.
+      "hfu": utilization(hardware_flops_per_step, step_time, peak, n_devices),
+      "hfu_flop_convention": conventions.MEASURED,
+      "ensemble": config.ensemble,
       "flops_per_token": record["flops_per_token"],
       "peak_flops_per_device": peak,
       "peak_flops_source": peak_source,
@@ -91,12 +108,13 @@ def main(argv) -> int:
   from absl import flags
 
   from isoflop.experiments import cli
+  from isoflop.models import conventions
 
   def define(flag_values):
     flags.DEFINE_string("out", "bench.json", "JSON file to write", flag_values=flag_values)
     flags.DEFINE_integer("steps", 20, "timed steps", flag_values=flag_values)
     flags.DEFINE_integer("warmup", 3, "untimed steps after compiling", flag_values=flag_values)
-    flags.DEFINE_enum("flop_convention", "palm", ["palm", "chinchilla", "kaplan", "measured"],
+    flags.DEFINE_enum("flop_convention", "palm", list(conventions.FLOP_CONVENTIONS),
                       "FLOPs per step used for MFU", flag_values=flag_values)
 
   flag_values = cli.parse_config(argv, define)

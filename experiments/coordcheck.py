@@ -15,9 +15,8 @@ one device (these models are small).
 
 The width limit is taken at a fixed batch: at finite width, the updates carry a part that is
 noise across the batch's tokens and shrinks like sqrt(tokens / width), so the check uses few
-tokens per batch (32 by default) and widths well above that. Measured here: with 1,024 tokens
-per batch and widths 64-512, muP's slopes reach -0.36 (the logits), with 32 tokens and widths
-128-2048 none exceeds 0.07.
+tokens per batch (32 by default) and widths well above that (the measurements behind this
+choice are in docs/reproductions.md, "µP").
 
   isoflop coordcheck --config=experiments/configs/coordcheck.py --out=runs/coordcheck
   [--widths=128,256,512,1024,2048] [--seeds=3] [--steps=5] [--base_width=128] [--head_dim=16]
@@ -96,8 +95,7 @@ def measure_width(config, devices=None) -> dict[str, np.ndarray]:
 
   with jax.set_mesh(prepared.mesh), nn.logical_axis_rules(prepared.rules):
     single = config.ensemble == 1  # the step then takes one model, without a seed axis
-    keys = (jax.random.key(config.seed) if single
-            else jax.vmap(jax.random.key)(config.seed + np.arange(config.ensemble)))
+    keys = state_lib.seed_keys(config.seed, config.ensemble)
     state = state_lib.create_state(prepared.task, prepared.tx, prepared.batch_shapes, keys,
                                    jax.tree.map(lambda a: a.sharding, prepared.abstract_state))
 

@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from isoflop.models import logical
 from isoflop.models.rope import apply_rope
 
 IMPLEMENTATIONS = ("xla", "cudnn")
@@ -63,9 +64,9 @@ class Attention(nn.Module):
       q_BLHK = apply_rope(q_BLHK, positions_BL, self.rope_theta)
       k_BLGK = apply_rope(k_BLGK, positions_BL, self.rope_theta)
     names = ("batch", "length", "heads", "kv")
-    q_BLHK = nn.with_logical_constraint(q_BLHK, names)
-    k_BLGK = nn.with_logical_constraint(k_BLGK, names)
-    v_BLGK = nn.with_logical_constraint(v_BLGK, names)
+    q_BLHK = logical.constrain(q_BLHK, names)
+    k_BLGK = logical.constrain(k_BLGK, names)
+    v_BLGK = logical.constrain(v_BLGK, names)
     mask_B1LL = None
     if segment_ids_BL is not None:  # packed documents: attend only within one's own
       mask_B1LL = (segment_ids_BL[:, :, None] == segment_ids_BL[:, None, :])[:, None]
@@ -74,7 +75,7 @@ class Attention(nn.Module):
     out_BLHK = jax.nn.dot_product_attention(
         q_BLHK, k_BLGK, v_BLGK, mask=mask_B1LL, is_causal=True, scale=self.scale,
         implementation=self.implementation)
-    out_BLHK = nn.with_logical_constraint(out_BLHK, names)
+    out_BLHK = logical.constrain(out_BLHK, names)
     d_model = x_BLD.shape[-1]
     kernel_HKD = self._param("out_kernel", self.out_kernel_init,
                              (self.n_heads, self.d_head, d_model), ("heads", "kv", "embed"))

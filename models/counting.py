@@ -18,19 +18,26 @@ L layers, H query heads, G kv heads, Q head size, D width, F hidden width, V voc
   chinchilla  3 x [2 V D (embedding as a one-hot matmul) + L (2 D Q (2H + 2G) + 4 T H Q + 3 H T
               + 2 H Q D + 2 M D F) + 2 D V]         (Hoffmann App. F; M = 3 gated, 2 plain)
   palm        6 N_palm + 12 L H Q T                 (Chowdhery App. B)
-  measured    XLA's cost analysis of the compiled train step / tokens per step (added by train/)
-All three analytic forms count attention over the full T x T square, as the papers do.
+  measured, measured_model   XLA's cost analysis of the compiled step (added by train/;
+              see models/conventions.py)
+All three analytic forms count attention over the full T x T square, as the papers do, and
+the model's vocabulary V, not the padded one (``vocab_pad_multiple``): padding is allocation,
+not model (``param_counts(cfg, padded=True)`` gives the allocated counts).
 """
 
+from isoflop.models import conventions
 from isoflop.models import mlp as mlp_lib
 from isoflop.models import norms
 from isoflop.models.transformer import TransformerConfig
 
-CONVENTIONS = ("kaplan", "chinchilla", "palm")
+CONVENTIONS = conventions.ANALYTIC_FLOP_CONVENTIONS
 
 
-def param_counts(cfg: TransformerConfig) -> dict[str, int]:
-  """Exact counts by group, equal to the leaves of ``Decoder(cfg).init(...)``."""
+def param_counts(cfg: TransformerConfig, *, padded: bool = False) -> dict[str, int]:
+  """Exact counts by group. ``padded=False`` counts the model's vocabulary (what N means in
+  every convention); ``padded=True`` counts the allocated tables (``vocab_pad_multiple``), equal
+  to the leaves of ``Decoder(cfg).init(...)``."""
+  vocab = cfg.padded_vocab if padded else cfg.vocab_size
   d, q, h, g = cfg.d_model, cfg.head_dim, cfg.n_heads, cfg.kv_heads
   bias = cfg.use_bias
   attention = d * q * (h + 2 * g) + h * q * d + (q * (h + 2 * g) + d if bias else 0)
@@ -38,8 +45,8 @@ def param_counts(cfg: TransformerConfig) -> dict[str, int]:
   mlp = n_in * d * cfg.ff_dim + cfg.ff_dim * d + (n_in * cfg.ff_dim + d if bias else 0)
   norm = norms.norm_param_count(cfg.norm, d, bias)
   per_layer = attention + mlp + 2 * norm
-  embedding = cfg.vocab_size * d + (cfg.max_len * d if cfg.positions == "learned" else 0)
-  head = 0 if cfg.tie_embeddings else d * cfg.vocab_size
+  embedding = vocab * d + (cfg.max_len * d if cfg.positions == "learned" else 0)
+  head = 0 if cfg.tie_embeddings else d * vocab
   non_embedding = cfg.n_layers * per_layer + norm
   return {"embedding": embedding, "non_embedding": non_embedding, "head": head,
           "total": embedding + non_embedding + head, "per_layer": per_layer}

@@ -6,6 +6,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from isoflop.models import logical
+
 # Plain activations: y = W_out act(W_in x).
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "gelu": lambda x: jax.nn.gelu(x, approximate=True),  # GPT-2's tanh approximation
@@ -64,5 +66,5 @@ class Mlp(nn.Module):
     else:
       h_BLF = ACTIVATIONS[self.activation](
           self._dense(self.d_ff, ("embed", "mlp"), self.kernel_init, "wi")(x_BLD))
-    h_BLF = nn.with_logical_constraint(h_BLF, ("batch", "length", "mlp"))
+    h_BLF = logical.constrain(h_BLF, ("batch", "length", "mlp"))
     return self._dense(d_model, ("mlp", "embed"), self.out_kernel_init, "wo")(h_BLF)

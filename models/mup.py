@@ -4,12 +4,13 @@ Table 3 for Adam, Table 8 for SGD), relative to a base width.
 With width multiplier m = d_model / base_width:
   hidden matrices (q, k, v, attention out, MLP in/out)   init std / sqrt(m); Adam lr / m
   embeddings (token, learned positions), biases, norms  init as SP;           Adam lr x 1
+  (roles come from the parameters' logical axis names: models/param_roles.py)
   readout (the untied output matrix)                    init as SP, logits x 1/m; Adam lr x 1
   attention logits                                      scaled by sqrt(d_head at base) / d_head
 ``mup_zero_readout=True`` starts the readout at zero instead (Yang et al. suggest it): the
 random readout adds a part to the logits that shrinks like 1/sqrt(width), which the
-coordinate check sees at small widths; but measured here it costs the base model 0.35 nats
-after 200 Shakespeare steps (2.69 against 2.34), so it is not the default.
+coordinate check sees at small widths; it is not the default because it slows early training
+of the base model (measured in docs/reproductions.md, "µP").
 Under SGD the learning rates go instead: embeddings and vectors x m, hidden x 1, readout x 1/m.
 At m = 1 every multiplier is 1 and, with heads of a fixed size, the base model is SP's own
 (unless the readout starts at zero). ``sp`` changes nothing at all.
@@ -18,6 +19,8 @@ At m = 1 every multiplier is 1 and, with heads of a fixed size, the base model i
 from typing import Any
 
 import jax
+
+from isoflop.models import param_roles
 
 PARAMETRIZATIONS = ("sp", "mup")
 SGD_FAMILY = ("sgd", "momentum", "nesterov")
@@ -50,32 +53,19 @@ def output_multiplier(cfg) -> float:
   return 1.0 / width_multiplier(cfg)
 
 
-def _role(names: list[str], ndim: int) -> str:
-  if names[0] in ("embed", "position_embed"):
-    return "embedding"
-  if names[0] == "head":
-    return "readout"
-  stacked = names[0] == "layers"  # scanned blocks carry a leading layer axis
-  return "hidden" if ndim - int(stacked) >= 2 else "vector"
-
-
 def lr_table(cfg, optimizer: str) -> dict[str, float]:
   """Learning-rate multiplier of each parameter role (all 1.0 under SP)."""
   m = width_multiplier(cfg)
   if cfg.parametrization != "mup":
-    return dict.fromkeys(("embedding", "vector", "hidden", "readout"), 1.0)
+    return dict.fromkeys(param_roles.KINDS, 1.0)
   if optimizer in SGD_FAMILY:
     return {"embedding": m, "vector": m, "hidden": 1.0, "readout": 1.0 / m}
   # Adam family (adam, adamw, lion, adafactor, rmsprop, adagrad): scale-invariant updates.
   return {"embedding": 1.0, "vector": 1.0, "hidden": 1.0 / m, "readout": 1.0}
 
 
-def lr_multipliers(cfg, params: Any, optimizer: str) -> Any:
-  """A tree like ``params`` of learning-rate multipliers."""
+def lr_multipliers(cfg, roles: Any, optimizer: str) -> Any:
+  """A tree like the parameters of learning-rate multipliers, from their roles
+  (``param_roles.label``)."""
   table = lr_table(cfg, optimizer)
-
-  def multiplier(path, leaf):
-    names = [str(getattr(k, "key", getattr(k, "name", k))) for k in path]
-    return table[_role(names, leaf.ndim)]
-
-  return jax.tree_util.tree_map_with_path(multiplier, params)
+  return jax.tree.map(lambda kind: table[kind], param_roles.kinds(roles))

@@ -18,6 +18,7 @@ check measures (embedding, each block's output, attention logits, logits).
 """
 
 import dataclasses
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -26,7 +27,7 @@ import jax.numpy as jnp
 
 from isoflop.models import attention as attention_lib
 from isoflop.models import mlp as mlp_lib
-from isoflop.models import mup, norms
+from isoflop.models import logical, mup, norms
 
 POSITIONS = ("learned", "rope", "none")
 REMAT_POLICIES: dict[str, Any] = {
@@ -43,6 +44,7 @@ class TransformerConfig:
   """Shape and behaviour of the decoder. ``None`` fields are derived (see the properties)."""
 
   vocab_size: int = 256
+  vocab_pad_multiple: int = 1  # pad the token table and logits to a multiple (padded_vocab)
   d_model: int = 128
   n_layers: int = 2
   n_heads: int = 4
@@ -70,7 +72,8 @@ class TransformerConfig:
   mup_base_head_dim: int | None = None  # mup: d_head of the base model; None = d_head (fixed)
 
   def __post_init__(self):
-    for name in ("vocab_size", "d_model", "n_layers", "n_heads", "max_len", "scan_unroll"):
+    for name in ("vocab_size", "vocab_pad_multiple", "d_model", "n_layers", "n_heads", "max_len",
+                 "scan_unroll"):
       if getattr(self, name) <= 0:
         raise ValueError(f"model.{name}={getattr(self, name)} must be positive")
     if self.d_head is None and self.d_model % self.n_heads:
@@ -99,6 +102,14 @@ class TransformerConfig:
       raise ValueError(f"model.dropout={self.dropout} must be in [0, 1)")
     if self.positions == "rope" and self.head_dim % 2:
       raise ValueError(f"RoPE needs an even head dimension, got d_head={self.head_dim}")
+
+  @property
+  def padded_vocab(self) -> int:
+    """Rows of the token table and columns of the readout: vocab_size rounded up to a multiple
+    of vocab_pad_multiple, so tensor parallelism can split them and matmuls stay aligned.
+    The padded logits are masked out: no token is ever predicted there."""
+    m = self.vocab_pad_multiple
+    return -(-self.vocab_size // m) * m
 
   @property
   def kv_heads(self) -> int:
@@ -150,11 +161,11 @@ class Block(nn.Module):
         param_dtype=param_dtype, name="mlp")(norm("mlp_norm")(x_BLD))
     x_BLD = x_BLD + nn.Dropout(cfg.dropout, deterministic=self.deterministic)(h_BLD)
     self.sow("intermediates", "block_output", x_BLD)
-    return nn.with_logical_constraint(x_BLD, ("batch", "length", "embed")), None
+    return logical.constrain(x_BLD, ("batch", "length", "embed")), None
 
 
 class Decoder(nn.Module):
-  """tokens_BL (int) -> logits_BLV (float32)."""
+  """tokens_BL (int) -> logits_BLV (float32, V = padded_vocab; padded columns masked)."""
 
   config: TransformerConfig
 
@@ -168,7 +179,7 @@ class Decoder(nn.Module):
     if positions_BL is None:
       positions_BL = jnp.broadcast_to(jnp.arange(tokens_BL.shape[1]), tokens_BL.shape)
     embed = nn.Embed(
-        cfg.vocab_size, cfg.d_model, dtype=dtype, param_dtype=param_dtype,
+        cfg.padded_vocab, cfg.d_model, dtype=dtype, param_dtype=param_dtype,
         embedding_init=nn.with_logical_partitioning(_normal(cfg.init_std), ("vocab", "embed")),
         name="embed")
     x_BLD = embed(tokens_BL)
@@ -179,7 +190,7 @@ class Decoder(nn.Module):
           name="position_embed")(positions_BL)
     self.sow("intermediates", "embedding", x_BLD)
     x_BLD = nn.Dropout(cfg.dropout, deterministic=not train)(x_BLD)
-    x_BLD = nn.with_logical_constraint(x_BLD, ("batch", "length", "embed"))
+    x_BLD = logical.constrain(x_BLD, ("batch", "length", "embed"))
 
     block = Block
     if cfg.remat != "none":
@@ -194,17 +205,24 @@ class Decoder(nn.Module):
 
     x_BLD = norms.make_norm(cfg.norm, eps=cfg.norm_eps, use_bias=cfg.use_bias, dtype=dtype,
                             param_dtype=param_dtype, name="final_norm")(x_BLD)
+    # The readout accumulates and returns float32 even from bf16 inputs, so the loss that
+    # scaling fits are made on is never rounded to bf16.
     if cfg.tie_embeddings:
-      logits_BLV = embed.attend(x_BLD)
+      logits_BLV = jnp.einsum("bld,vd->blv", x_BLD.astype(dtype), embed.embedding.astype(dtype),
+                              preferred_element_type=jnp.float32)
     else:
       readout_init = (nn.initializers.zeros if mup.zero_readout(cfg)
                       else _normal(cfg.init_std))
       logits_BLV = nn.Dense(
-          cfg.vocab_size, use_bias=False, dtype=dtype, param_dtype=param_dtype,
+          cfg.padded_vocab, use_bias=False, dtype=dtype, param_dtype=param_dtype,
+          dot_general=functools.partial(jax.lax.dot_general, preferred_element_type=jnp.float32),
           kernel_init=nn.with_logical_partitioning(readout_init, ("embed", "vocab")),
           name="head")(x_BLD)
     if cfg.parametrization == "mup":
       logits_BLV = logits_BLV * mup.output_multiplier(cfg)
-    logits_BLV = nn.with_logical_constraint(logits_BLV, ("batch", "length", "vocab"))
+    if cfg.padded_vocab != cfg.vocab_size:  # padding columns: probability exactly zero
+      real_V = jnp.arange(cfg.padded_vocab) < cfg.vocab_size
+      logits_BLV = jnp.where(real_V, logits_BLV, jnp.finfo(jnp.float32).min)
+    logits_BLV = logical.constrain(logits_BLV, ("batch", "length", "vocab"))
     self.sow("intermediates", "logits", logits_BLV)
-    return logits_BLV.astype(jnp.float32)
+    return logits_BLV

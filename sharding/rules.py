@@ -42,6 +42,21 @@ def get_rules(name: str) -> Rules:
   return RULE_SETS[name]
 
 
+def check_names(logical_specs: Any, rules: Rules, table: str) -> None:
+  """Raises a one-line ValueError for the first logical axis name that ``rules`` does not
+  mention: Flax would replicate that dimension silently (an ``expert`` axis, say)."""
+  known = {logical for logical, _ in rules}
+  is_spec = lambda x: isinstance(x, PartitionSpec)  # noqa: E731
+  for path, spec in jax.tree_util.tree_leaves_with_path(logical_specs, is_leaf=is_spec):
+    for name in spec:
+      if isinstance(name, str) and name not in known:
+        where = jax.tree_util.keystr(path, simple=True, separator="/")
+        raise ValueError(
+            f"logical axis {name!r} of parameter {where} has no rule in the sharding rules "
+            f"table {table!r} (it names {sorted(known)}); add a rule for {name!r} to that "
+            "table in sharding/rules.py (None replicates it)")
+
+
 def logical_to_sharding(logical_specs: Any, mesh: Mesh, rules: Rules) -> Any:
   """Maps a tree of logical PartitionSpecs to NamedShardings on ``mesh``."""
   return nn.logical_to_mesh_sharding(logical_specs, mesh, rules)

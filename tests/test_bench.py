@@ -58,3 +58,21 @@ def test_energy_meter_reads_nvml_when_present(monkeypatch):
   monkeypatch.setitem(sys.modules, "pynvml", None)  # no NVML: null, with the reason
   absent = hardware.EnergyMeter()
   assert not absent.available and absent.joules() is None and "NVML" in absent.reason
+
+
+def test_ensemble_mfu_counts_every_model(tiny_config, tmp_path, monkeypatch):
+  """A K-seed ensemble step trains K models: MFU must divide K models' FLOPs by the step's
+  time, not one model's."""
+  from isoflop.experiments import bench
+  monkeypatch.setattr(hardware, "peak_bf16_flops", lambda kind: (1e9, "a test peak"))
+  tiny_config.ensemble = 2
+  result = bench.run(tiny_config, str(tmp_path / "b.json"), steps=2, warmup=1,
+                     flop_convention="palm")
+  per_model = result["flops_per_token"]["palm"] * result["tokens_per_step"]
+  assert result["flops_per_step"] == pytest.approx(2 * per_model)
+  n_devices = result["device"]["count"]
+  assert result["mfu"] == pytest.approx(
+      2 * per_model / result["step_time_s"] / (1e9 * n_devices))
+  assert result["hfu"] == pytest.approx(2 * result["flops_per_token"]["measured"]
+                                        * result["tokens_per_step"] / result["step_time_s"]
+                                        / (1e9 * n_devices))

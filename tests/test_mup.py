@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from isoflop.experiments.configs import base
-from isoflop.models import mup, transformer
+from isoflop.models import mup, param_roles, transformer
 from isoflop.train import optimizers
 
 SP = transformer.TransformerConfig(vocab_size=64, d_model=256, n_layers=2, n_heads=4,
@@ -21,6 +21,11 @@ TOKENS = jnp.zeros((2, 8), jnp.int32)
 
 def _params(cfg):
   return nn.meta.unbox(transformer.Decoder(cfg).init(jax.random.key(0), TOKENS)["params"])
+
+
+def _roles(cfg):
+  boxed = jax.eval_shape(lambda: transformer.Decoder(cfg).init(jax.random.key(0), TOKENS))
+  return param_roles.label(nn.get_partition_spec(boxed["params"]))
 
 
 def test_init_scales_follow_the_width_multiplier():
@@ -56,7 +61,7 @@ def test_output_multiplier_scales_the_logits():
 ])
 def test_learning_rate_multipliers(name, expected):
   params = _params(MUP)
-  multipliers = mup.lr_multipliers(MUP, params, name)
+  multipliers = mup.lr_multipliers(MUP, _roles(MUP), name)
   assert multipliers["embed"]["embedding"] == expected["embedding"]
   assert multipliers["layers"]["attention"]["query_kernel"] == expected["hidden"]
   assert multipliers["layers"]["mlp"]["wo"]["kernel"] == expected["hidden"]
@@ -66,9 +71,7 @@ def test_learning_rate_multipliers(name, expected):
   opt = base.get_config().optimizer
   opt.update(name=name, lr=0.1, schedule="constant", warmup_steps=0, weight_decay=0.0,
              clip_norm=0.0)
-  table = mup.lr_table(MUP, name)
-  tx, _ = optimizers.make_optimizer(
-      opt, 10, (tuple(table.values()), lambda p: mup.lr_multipliers(MUP, p, name)))
+  tx, _ = optimizers.make_optimizer(opt, 10, _roles(MUP), multipliers)
   grads = jax.tree.map(jnp.ones_like, params)
   updates, _ = tx.update(grads, tx.init(params), params)
   step = 0.1  # Adam: lr x sign(g); SGD: lr x g, with g = 1
@@ -79,7 +82,8 @@ def test_learning_rate_multipliers(name, expected):
 
 def test_sp_takes_no_mup_path():
   from isoflop.train import causal_lm
-  assert causal_lm.CausalLmTask(SP).lr_multipliers("adamw") is None  # the plain optimizer
+  # The plain optimizer.
+  assert causal_lm.CausalLmTask(SP).lr_multipliers("adamw", _roles(SP)) is None
   same = dataclasses.replace(SP, mup_base_width=32)  # ignored under SP
   for a, b in zip(jax.tree.leaves(_params(SP)), jax.tree.leaves(_params(same))):
     np.testing.assert_array_equal(a, b)

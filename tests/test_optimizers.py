@@ -9,13 +9,21 @@ import numpy as np
 import optax
 import pytest
 
+from jax.sharding import PartitionSpec as P
+
 from isoflop.experiments.configs import base
+from isoflop.models import param_roles
 from isoflop.train import optimizers, schedules
 
 PARAMS = {"embed": {"embedding": jnp.ones((8, 4))},
           "layers": {"mlp": {"wi": {"kernel": jnp.ones((2, 4, 4)), "bias": jnp.ones((2, 4))}},
                      "mlp_norm": {"scale": jnp.ones((2, 4))}},
           "final_norm": {"scale": jnp.ones(4)}}
+ROLES = param_roles.label(
+    {"embed": {"embedding": P("vocab", "embed")},
+     "layers": {"mlp": {"wi": {"kernel": P("layers", "embed", "mlp"), "bias": P("layers", "mlp")}},
+                "mlp_norm": {"scale": P("layers", "embed")}},
+     "final_norm": {"scale": P("embed")}})
 
 
 def _opt_config(**changes) -> ml_collections.ConfigDict:
@@ -28,7 +36,7 @@ def _opt_config(**changes) -> ml_collections.ConfigDict:
                          list(itertools.product(optimizers.OPTIMIZERS, schedules.SCHEDULES)))
 def test_every_optimizer_and_schedule_takes_a_step(name, schedule):
   tx, lr = optimizers.make_optimizer(_opt_config(name=name, schedule=schedule, warmup_steps=0,
-                                                 lr=0.1), total_steps=10)
+                                                 lr=0.1), total_steps=10, roles=ROLES)
   grads = jax.tree.map(lambda p: 0.5 * jnp.ones_like(p), PARAMS)
   state = tx.init(PARAMS)
   updates, state = jax.jit(tx.update)(grads, state, PARAMS)
@@ -57,13 +65,13 @@ def test_schedules_warm_up_and_decay_as_named():
 
 
 def test_weight_decay_skips_norms_and_biases():
-  mask = optimizers.decay_mask(PARAMS)
+  mask = param_roles.decay_mask(ROLES)
   assert mask["embed"]["embedding"] and mask["layers"]["mlp"]["wi"]["kernel"]
   assert not mask["layers"]["mlp"]["wi"]["bias"]
   assert not mask["layers"]["mlp_norm"]["scale"] and not mask["final_norm"]["scale"]
   tx, _ = optimizers.make_optimizer(_opt_config(name="adamw", weight_decay=0.5, lr=1.0,
                                                 warmup_steps=0, clip_norm=0.0,
-                                                schedule="constant"), 10)
+                                                schedule="constant"), 10, ROLES)
   zeros = jax.tree.map(jnp.zeros_like, PARAMS)
   updates, _ = tx.update(zeros, tx.init(PARAMS), PARAMS)
   assert float(updates["embed"]["embedding"][0, 0]) == pytest.approx(-0.5)
@@ -73,7 +81,7 @@ def test_weight_decay_skips_norms_and_biases():
 def test_clipping_bounds_the_global_norm():
   tx, _ = optimizers.make_optimizer(_opt_config(name="sgd", lr=1.0, warmup_steps=0,
                                                 weight_decay=0.0, clip_norm=1.0,
-                                                schedule="constant"), 10)
+                                                schedule="constant"), 10, ROLES)
   grads = jax.tree.map(lambda p: 100 * jnp.ones_like(p), PARAMS)
   updates, _ = tx.update(grads, tx.init(PARAMS), PARAMS)
   assert float(optax.tree.norm(updates)) == pytest.approx(1.0, rel=1e-5)
@@ -88,4 +96,4 @@ def test_clipping_bounds_the_global_norm():
 ])
 def test_bad_optimizer_settings(changes, message):
   with pytest.raises(ValueError, match=message):
-    optimizers.make_optimizer(_opt_config(**changes), total_steps=100)
+    optimizers.make_optimizer(_opt_config(**changes), total_steps=100, roles=ROLES)

@@ -2,6 +2,7 @@
 
 import flax.linen as nn
 import jax
+import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
@@ -51,3 +52,36 @@ def test_indivisible_shapes_are_named():
 def test_unknown_rules_name():
   with pytest.raises(ValueError, match="unknown sharding rules"):
     rules_lib.get_rules("pipeline")
+
+
+def test_a_logical_axis_without_a_rule_is_an_error():
+  rules = rules_lib.get_rules("fsdp_tensor")
+  with pytest.raises(ValueError, match="'expert' of parameter moe/kernel .*'fsdp_tensor'"):
+    rules_lib.check_names({"moe": {"kernel": P("expert", "embed", "mlp")}}, rules,
+                          "fsdp_tensor")
+  from isoflop.models import logical
+  with nn.logical_axis_rules(rules), pytest.raises(ValueError, match="'expert'"):
+    logical.constrain(jax.numpy.zeros((2, 4)), ("batch", "expert"))
+
+
+def test_a_table_missing_an_axis_the_model_uses_fails_the_build(tiny_config, monkeypatch):
+  from isoflop.train import build
+  without_mlp = tuple(r for r in rules_lib.RULE_SETS["fsdp_tensor"] if r[0] != "mlp")
+  monkeypatch.setitem(rules_lib.RULE_SETS, "without_mlp", without_mlp)
+  tiny_config.mesh.rules = "without_mlp"
+  with pytest.raises(ValueError, match="logical axis 'mlp'"):
+    build.prepare(tiny_config)
+
+
+def test_vocab_padding_lets_tensor_parallelism_split_the_vocabulary(tiny_config, tmp_path):
+  from isoflop.train import loop
+  tiny_config.model.update(vocab_size=63, tie_embeddings=False)  # odd, like GPT-2's 50,257
+  tiny_config.mesh.update(data=4, tensor=2)
+  tiny_config.steps = 2
+  with pytest.raises(ValueError, match="cannot split evenly"):
+    loop.train(tiny_config, str(tmp_path / "unpadded"), progress=False)
+  tiny_config.model.vocab_pad_multiple = 16
+  result = loop.train(tiny_config, str(tmp_path / "padded"), progress=False)
+  assert result.state.params["embed"]["embedding"].shape == (64, 32)
+  assert result.record["param_counts_padded"]["total"] > result.record["param_counts"]["total"]
+  assert np.isfinite(result.rows[-1]["loss"])

@@ -6,6 +6,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from isoflop.models import mlp, transformer
@@ -107,3 +108,19 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
 def test_bad_shapes_are_refused_with_a_clear_message(change, message):
   with pytest.raises(ValueError, match=message):
     dataclasses.replace(GPT2, **change)
+
+
+def test_padded_vocabulary_never_predicts_a_padding_token():
+  cfg = dataclasses.replace(GPT2, vocab_pad_multiple=48)  # 64 -> 96
+  model, params = _init(cfg)
+  logits = model.apply({"params": params}, TOKENS)
+  assert logits.shape[-1] == 96 and params["embed"]["embedding"].shape == (96, 32)
+  np.testing.assert_array_equal(jax.nn.softmax(logits)[..., 64:], 0.0)
+  targets = jnp.roll(TOKENS, -1, axis=1)
+  padded = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+  real = optax.softmax_cross_entropy_with_integer_labels(logits[..., :64], targets)
+  np.testing.assert_allclose(padded, real, rtol=1e-6)
+  grads = jax.grad(lambda p: optax.softmax_cross_entropy_with_integer_labels(
+      model.apply({"params": p}, TOKENS), targets).mean())(params)
+  assert bool(jnp.isfinite(grads["embed"]["embedding"]).all())
+  np.testing.assert_array_equal(grads["embed"]["embedding"][64:], 0.0)  # never used

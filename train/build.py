@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from isoflop.models import conventions, param_roles
 from isoflop.sharding import mesh as mesh_lib
 from isoflop.sharding import rules as rules_lib
 from isoflop.train import data as data_lib
@@ -35,6 +36,7 @@ class Prepared:
   batch_sharding: Any
   batch_shapes: dict[str, jax.ShapeDtypeStruct]
   tx: Any
+  roles: Any  # each parameter's role (models/param_roles.py), a tree like the parameters
   record: dict[str, Any]
 
 
@@ -45,6 +47,10 @@ def _check_run_config(config) -> None:
       raise ValueError(f"{name}={config[name]} must be a positive integer")
   if config.eval_every < 0:
     raise ValueError(f"eval_every={config.eval_every} must be >= 0 (0 turns evaluation off)")
+  for key in ("dtype", "param_dtype"):
+    if config.model.get(key) == "float16":
+      raise ValueError(f"model.{key}=float16 would train without loss scaling, where small "
+                       "gradients underflow to zero; use bfloat16 (float32's range)")
 
 
 def _data_budget(config, source) -> float | None:
@@ -61,6 +67,23 @@ def _data_budget(config, source) -> float | None:
   return epochs
 
 
+def _measured_flops(jit_step, task, abstract, batch_shapes) -> dict[str, float]:
+  """FLOPs of one step by XLA's cost analysis, which counts a loop body once: so on the step
+  with every loop unrolled (layers and microbatches). ``measured`` is what the step executes,
+  rematerialized recomputation included (hardware FLOPs); ``measured_model`` is the same step
+  without rematerialization (model FLOPs)."""
+  def flops(for_task):
+    lowered = jit_step(for_task, unroll_microbatches=True).lower(abstract, batch_shapes)
+    return float(lowered.cost_analysis()["flops"])
+
+  hardware = task.for_cost_analysis(remat=True)
+  model = task.for_cost_analysis(remat=False)
+  measured = flops(hardware)
+  # Tasks are frozen dataclasses: equal means the run does not rematerialize.
+  return {conventions.MEASURED: measured,
+          conventions.MEASURED_MODEL: measured if model == hardware else flops(model)}
+
+
 def prepare(config, devices: Sequence[jax.Device] | None = None,
             workdir: str | None = None) -> Prepared:
   """Checks the config, builds data, mesh, task and optimizer, and compiles the step. Writes
@@ -72,8 +95,6 @@ def prepare(config, devices: Sequence[jax.Device] | None = None,
     config.model.vocab_size = source.vocab_size  # the model's vocabulary follows the tokenizer
   epochs = _data_budget(config, source)
   task = task_lib.make_task(config)
-  tx, schedule = optimizers.make_optimizer(config.optimizer, config.steps,
-                                           task.lr_multipliers(config.optimizer.name))
   mesh = mesh_lib.build_mesh({a: config.mesh[a] for a in mesh_lib.MESH_AXES}, devices)
   rules = rules_lib.get_rules(config.mesh.rules)
   dp = rules_lib.data_parallel_size(mesh, rules)
@@ -91,21 +112,23 @@ def prepare(config, devices: Sequence[jax.Device] | None = None,
   batch_shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding)
                   for k, v in example.items()}
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    shapes, logical_specs, shardings = state_lib.abstract_state(
+    param_specs = nn.get_partition_spec(state_lib.abstract_params(task, batch_shapes))
+    rules_lib.check_names(param_specs, rules, config.mesh.rules)
+    roles = param_roles.label(param_specs)  # weight decay, muP, per-layer norms all ask this
+    tx, schedule = optimizers.make_optimizer(
+        config.optimizer, config.steps, roles, task.lr_multipliers(config.optimizer.name, roles))
+    shapes, _, shardings = state_lib.abstract_state(
         task, tx, batch_shapes, mesh, rules, ensemble=config.ensemble)
     rules_lib.check_divisible(shapes, shardings)
     abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                             shapes, shardings)
-    stacked = None
-    if config.log_layer_norms:
-      stacked = jax.tree.map(lambda spec: len(spec) > 0 and spec[0] == "layers",
-                             logical_specs.params,
-                             is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+    stacked = param_roles.stacked(roles) if config.log_layer_norms else None
 
-    def jit_step(for_task):
+    def jit_step(for_task, unroll_microbatches=False):
       step = step_lib.make_train_step(
           for_task, tx, schedule, microbatches=config.microbatches, l1=config.loss.l1,
-          l2=config.loss.l2, layer_norms_stacked=stacked)
+          l2=config.loss.l2, decay_mask=param_roles.decay_mask(roles),
+          layer_norms_stacked=stacked, unroll_microbatches=unroll_microbatches)
       if config.ensemble > 1:  # K seeds in one compiled step, all on the same batch
         step = jax.vmap(step, in_axes=(0, None))
       return jax.jit(step, in_shardings=(shardings, batch_sharding),
@@ -114,8 +137,7 @@ def prepare(config, devices: Sequence[jax.Device] | None = None,
     start = time.perf_counter()
     compiled = jit_step(task).lower(abstract, batch_shapes).compile()
     compile_s = time.perf_counter() - start
-    # XLA counts a while-loop body once, so measure FLOPs on the step with layers unrolled.
-    cost = jit_step(task.for_cost_analysis()).lower(abstract, batch_shapes).cost_analysis()
+    measured = _measured_flops(jit_step, task, abstract, batch_shapes)
     compiled_eval = None
     if config.eval_every:
       def eval_loss(params, batch):
@@ -128,8 +150,8 @@ def prepare(config, devices: Sequence[jax.Device] | None = None,
   tokens_per_step = task.tokens(example)
   described = task.describe(example)
   # Per model: an ensemble step trains ``ensemble`` models on each token.
-  described["flops_per_token"]["measured"] = (float(cost["flops"]) / tokens_per_step
-                                              / config.ensemble)
+  for convention, flops in measured.items():
+    described["flops_per_token"][convention] = flops / tokens_per_step / config.ensemble
   memory = compiled.memory_analysis()
   record = {
       "config": config.to_dict(),
@@ -148,4 +170,4 @@ def prepare(config, devices: Sequence[jax.Device] | None = None,
           "peak": getattr(memory, "peak_memory_in_bytes", None)},
   }
   return Prepared(config, task, source, mesh, rules, compiled, compiled_eval, abstract,
-                  batch_sharding, batch_shapes, tx, record)
+                  batch_sharding, batch_shapes, tx, roles, record)

@@ -60,13 +60,12 @@ class CausalLmTask:
       objective = objective + self.z_loss * z
     return objective, metrics
 
-  def lr_multipliers(self, optimizer: str):
-    """(multipliers, params -> tree of them) under muP; None under SP (the plain optimizer)."""
+  def lr_multipliers(self, optimizer: str, roles):
+    """A tree like the parameters of muP's learning-rate multipliers (from each parameter's
+    role, ``models/param_roles.py``); None under SP (the plain optimizer)."""
     if self.model_config.parametrization == "sp":
       return None
-    table = mup.lr_table(self.model_config, optimizer)
-    return (tuple(table.values()),
-            lambda params: mup.lr_multipliers(self.model_config, params, optimizer))
+    return mup.lr_multipliers(self.model_config, roles, optimizer)
 
   def tokens(self, batch) -> int:
     return int(batch["targets"].shape[0] * batch["targets"].shape[1])
@@ -75,10 +74,16 @@ class CausalLmTask:
     seq_len = int(batch["inputs"].shape[1])
     return {
         "param_counts": counting.param_counts(self.model_config),
+        "param_counts_padded": counting.param_counts(self.model_config, padded=True),
         "n_params": counting.n_by_convention(self.model_config),
         "flops_per_token": counting.flops_per_token(self.model_config, seq_len),
     }
 
-  def for_cost_analysis(self) -> "CausalLmTask":
-    unrolled = dataclasses.replace(self.model_config, scan_unroll=self.model_config.n_layers)
-    return dataclasses.replace(self, model_config=unrolled)
+  def for_cost_analysis(self, *, remat: bool) -> "CausalLmTask":
+    """Layers unrolled (XLA's cost analysis counts a loop body once); ``remat=False`` also
+    turns rematerialization off, for model FLOPs."""
+    changes = {"scan_unroll": self.model_config.n_layers}
+    if not remat:
+      changes["remat"] = "none"
+    return dataclasses.replace(self, model_config=dataclasses.replace(self.model_config,
+                                                                      **changes))

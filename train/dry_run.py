@@ -16,6 +16,7 @@ def summary(prepared) -> dict[str, Any]:
       "flops_per_step": record["flops_per_step"],
       "flops_per_token": record["flops_per_token"],
       "param_counts": record["param_counts"],
+      "param_counts_padded": record["param_counts_padded"],
       "n_params": record["n_params"],
       "tokens_per_step": record["tokens_per_step"],
       "compile_time_s": record["compile_time_s"],
@@ -43,6 +44,8 @@ def report(prepared, workdir: str) -> dict[str, Any]:
     counts = result["param_counts"]
     print("parameters: " + ", ".join(
         f"{k}={counts[k]:,}" for k in ("embedding", "non_embedding", "head", "total")))
+    if result["param_counts_padded"] != counts:
+      print(f"allocated with the vocabulary padded: {result['param_counts_padded']['total']:,}")
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, "dry_run.json")
     run_record.write_json_atomically(path, result)

@@ -5,6 +5,7 @@ from typing import Any, Callable
 import jax
 import optax
 
+from isoflop.models import param_roles
 from isoflop.train import schedules
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw",
@@ -14,27 +15,27 @@ OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adam
 _DECOUPLED = ("adamw", "adafactor", "lion")
 
 
-def decay_mask(params: Any) -> Any:
-  """True for matrices (ndim >= 2 once a scanned ``layers`` axis is ignored), False for norm
-  scales and biases, which weight decay and L1/L2 penalties should leave alone."""
+def _mask_like(mask: Any) -> Callable[[Any], Any]:
+  """optax's mask callable from a tree of bools shaped like the parameters. Inside a
+  ``multi_transform`` group optax hands it trees whose other groups are ``MaskedNode``s; those
+  stay as they are."""
+  is_masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731
 
-  def is_matrix(path, leaf) -> bool:
-    names = [getattr(key, "key", getattr(key, "name", "")) for key in path]
-    stacked = "layers" in names  # scanned blocks carry a leading per-layer axis
-    return leaf.ndim - int(stacked) >= 2
-
-  return jax.tree_util.tree_map_with_path(is_matrix, params)
+  def mask_of(params):
+    return jax.tree.map(lambda p, m: p if is_masked(p) else m, params, mask, is_leaf=is_masked)
+  return mask_of
 
 
-def make_optimizer(cfg: Any, total_steps: int,
-                   lr_multipliers: tuple[tuple[float, ...], Callable] | None = None
+def make_optimizer(cfg: Any, total_steps: int, roles: Any, lr_multipliers: Any = None
                    ) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """``cfg`` is the ``optimizer`` ConfigDict: name, lr, schedule, warmup_steps, min_lr_ratio,
   decay_fraction, b1, b2, eps, momentum, weight_decay, clip_norm.
 
-  ``lr_multipliers`` = (the multipliers in use, params -> a tree of them), e.g. muP's, gives
-  parameter groups their own learning rate schedule x multiplier through
-  ``optax.multi_transform``; clipping stays global. Without it the optimizer is the plain one."""
+  ``roles`` (``models.param_roles.label``, a tree like the parameters) decides where weight
+  decay applies: matrices, not biases or norm scales. ``lr_multipliers``, a tree like the
+  parameters of floats (e.g. muP's), gives parameter groups their own learning rate schedule x
+  multiplier through ``optax.multi_transform``; clipping stays global. Without it the
+  optimizer is the plain one."""
   if cfg.name not in OPTIMIZERS:
     raise ValueError(f"unknown optimizer {cfg.name!r}; choose one of {OPTIMIZERS}")
   if cfg.weight_decay < 0 or cfg.clip_norm < 0:
@@ -43,9 +44,10 @@ def make_optimizer(cfg: Any, total_steps: int,
       cfg.schedule, peak_lr=cfg.lr, total_steps=total_steps, warmup_steps=cfg.warmup_steps,
       min_lr_ratio=cfg.min_lr_ratio, decay_fraction=cfg.decay_fraction)
   wd = cfg.weight_decay
+  decay_mask = _mask_like(param_roles.decay_mask(roles))
 
   def build(lr):
-    return _build(cfg, lr, wd)
+    return _build(cfg, lr, wd, decay_mask)
 
   parts = []
   if cfg.clip_norm > 0:
@@ -55,7 +57,7 @@ def make_optimizer(cfg: Any, total_steps: int,
   if lr_multipliers is None:
     parts.append(build(lr))
   else:
-    values, multipliers_of = lr_multipliers
+    values = jax.tree.leaves(lr_multipliers)
 
     def label(m: float) -> str:
       return f"lr_x{m!r}"
@@ -64,12 +66,12 @@ def make_optimizer(cfg: Any, total_steps: int,
       return lambda step: lr(step) * m
 
     transforms = {label(m): build(scaled(m)) for m in set(values)}
-    parts.append(optax.multi_transform(
-        transforms, lambda params: jax.tree.map(label, multipliers_of(params))))
+    labels = jax.tree.map(label, lr_multipliers)
+    parts.append(optax.multi_transform(transforms, lambda params: labels))
   return optax.chain(*parts), lr
 
 
-def _build(cfg, lr, wd) -> optax.GradientTransformation:
+def _build(cfg, lr, wd, decay_mask) -> optax.GradientTransformation:
   builders = {
       "sgd": lambda: optax.sgd(lr),
       "momentum": lambda: optax.sgd(lr, momentum=cfg.momentum),

@@ -39,6 +39,13 @@ def _init_fn(task, tx: optax.GradientTransformation, batch_shapes) -> Callable:
   return init
 
 
+def abstract_params(task, batch_shapes) -> Any:
+  """The parameters' shapes, still Flax-boxed with their logical axis names; allocates
+  nothing. Call it under the run's logical-axis rules so an activation axis without a rule is
+  caught here (``models/logical.py``)."""
+  return jax.eval_shape(_params_fn(task, batch_shapes), jax.random.key(0))
+
+
 def abstract_state(task, tx, batch_shapes, mesh: Mesh, rules, ensemble: int = 1
                    ) -> tuple[Any, Any, Any]:
   """(shapes, logical PartitionSpecs of one member, NamedShardings) of the state; allocates
@@ -46,7 +53,7 @@ def abstract_state(task, tx, batch_shapes, mesh: Mesh, rules, ensemble: int = 1
   ``optax.tree_map_params``), the rest are replicated. With ``ensemble`` > 1 every array gets a
   leading, unsharded seed axis."""
   shapes = jax.eval_shape(_init_fn(task, tx, batch_shapes), jax.random.key(0))
-  boxed_params = jax.eval_shape(_params_fn(task, batch_shapes), jax.random.key(0))
+  boxed_params = abstract_params(task, batch_shapes)
   is_spec = lambda x: isinstance(x, PartitionSpec)  # noqa: E731
   param_specs = nn.get_partition_spec(boxed_params)
   masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731  a group's absent params
@@ -64,6 +71,13 @@ def abstract_state(task, tx, batch_shapes, mesh: Mesh, rules, ensemble: int = 1
     shapes = jax.tree.map(lambda s: jax.ShapeDtypeStruct((ensemble, *s.shape), s.dtype), shapes)
   shardings = rules_lib.logical_to_sharding(placed, mesh, rules)
   return shapes, logical_specs, shardings
+
+
+def seed_keys(seed: int, ensemble: int = 1) -> jax.Array:
+  """The initial key of a run, or of each member of a seed ensemble (member i: seed + i)."""
+  if ensemble == 1:
+    return jax.random.key(seed)
+  return jax.vmap(jax.random.key)(seed + jax.numpy.arange(ensemble))
 
 
 def create_state(task, tx, batch_shapes, rng: jax.Array, shardings) -> TrainState:

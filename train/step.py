@@ -6,7 +6,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from isoflop.train import optimizers
 from isoflop.train.state import TrainState
 
 
@@ -34,20 +33,25 @@ def group_norms(prefix: str, tree: Any, stacked: Any) -> dict[str, jax.Array]:
 
 def make_train_step(task, tx: optax.GradientTransformation, schedule: optax.Schedule, *,
                     microbatches: int = 1, l1: float = 0.0, l2: float = 0.0,
-                    layer_norms_stacked: Any = None) -> Callable:
+                    decay_mask: Any = None, layer_norms_stacked: Any = None,
+                    unroll_microbatches: bool = False) -> Callable:
   """Returns ``step(state, batch) -> (state, metrics)``, pure and ready for ``jax.jit``.
 
   The batch is split into ``microbatches`` equal parts whose gradients are averaged, which
-  equals the full-batch gradient of the mean loss. L1/L2 penalties apply to the parameters
-  that weight decay applies to (matrices, not norms or biases). ``layer_norms_stacked``
-  (a tree of bools, see ``group_norms``) turns on per-group norms of params, grads, updates.
+  equals the full-batch gradient of the mean loss. L1/L2 penalties apply where
+  ``decay_mask`` (a tree of bools like the parameters, ``param_roles.decay_mask``) is True:
+  matrices, not norms or biases. ``layer_norms_stacked`` (a tree of bools, see
+  ``group_norms``) turns on per-group norms of params, grads, updates.
+  ``unroll_microbatches`` unrolls the accumulation loop: the same computation, for XLA's
+  cost analysis, which counts a loop body once.
   """
+  if (l1 or l2) and decay_mask is None:
+    raise ValueError("L1/L2 penalties need decay_mask (param_roles.decay_mask)")
 
   def objective(params, batch, rng):
     loss, metrics = task.loss(params, batch, rng, train=True)
     if l1 or l2:
-      mask = optimizers.decay_mask(params)
-      decayed = [p for p, m in zip(jax.tree.leaves(params), jax.tree.leaves(mask)) if m]
+      decayed = [p for p, m in zip(jax.tree.leaves(params), jax.tree.leaves(decay_mask)) if m]
       if l1:
         loss = loss + l1 * sum(jnp.sum(jnp.abs(p)) for p in decayed)
       if l2:
@@ -76,7 +80,8 @@ def make_train_step(task, tx: optax.GradientTransformation, schedule: optax.Sche
       first = jax.tree.map(lambda x: x[0], split)
       zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
                            jax.eval_shape(micro_grads, 0, first))
-      (grads, metrics), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(microbatches), split))
+      (grads, metrics), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(microbatches), split),
+                                         unroll=microbatches if unroll_microbatches else 1)
       grads, metrics = jax.tree.map(lambda x: x / microbatches, (grads, metrics))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)

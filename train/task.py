@@ -20,18 +20,21 @@ class Task(Protocol):
            train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Scalar objective to minimize and scalar metrics (``loss`` among them)."""
 
-  def lr_multipliers(self, optimizer: str):
-    """None, or (multipliers, params -> tree of them) for per-group learning rates (muP)."""
+  def lr_multipliers(self, optimizer: str, roles: Any) -> Any:
+    """None, or a tree like the parameters of learning-rate multipliers (muP), from the
+    parameters' roles (``models/param_roles.py``)."""
 
   def tokens(self, batch: dict[str, Any]) -> int:
     """How many tokens (or examples) a batch of this shape trains on; for throughput."""
 
   def describe(self, batch: dict[str, Any]) -> dict[str, Any]:
-    """Parameter counts and analytic FLOPs per token under each convention."""
+    """Parameter counts (``param_counts``, and ``param_counts_padded`` as allocated), N
+    (``n_params``) and analytic FLOPs per token (``flops_per_token``) under each convention."""
 
-  def for_cost_analysis(self) -> "Task":
+  def for_cost_analysis(self, *, remat: bool) -> "Task":
     """The same task with any layer loop unrolled, so XLA's cost analysis (which counts a
-    while-loop body once) sees every layer."""
+    while-loop body once) sees every layer; with ``remat=False`` also without
+    rematerialization (model FLOPs rather than hardware FLOPs)."""
 
 
 def make_task(config) -> Task:

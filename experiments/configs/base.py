@@ -32,6 +32,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict()
   m = c.model
   m.vocab_size = 256
+  # Pad the token table and readout to a multiple (e.g. 128: GPT-2's 50,257 then splits over
+  # tensor parallelism and its matmuls align); padded logits are masked out of the loss, and
+  # N and the analytic FLOPs count the real vocabulary (config.json: param_counts_padded).
+  m.vocab_pad_multiple = 1
   m.d_model = 128
   m.n_layers = 2
   m.n_heads = 4

@@ -1,0 +1,93 @@
+"""Every parameter's role, derived from its logical axis names alone.
+
+Weight decay, the µP learning-rate table, per-layer norms (and later pruning and quantization)
+all ask this one labeller, so a new family gets them right by naming its axes.
+
+Roles:
+  embedding  a lookup table: its first axis is indexed by a token (``vocab``) or a position
+             (``length``); a tied table is also the readout, and keeps this role
+  readout    a matrix whose output axis (the last) is ``vocab``: the untied output layer
+  hidden     any other matrix: two or more feature dimensions
+  vector     one feature dimension: a bias or a norm scale
+
+Axes in STACK_AXES (the scanned layer axis) hold independent copies and are not feature
+dimensions: a ``(layers, embed)`` norm scale is a stacked vector. Axes in JOINED_AXES continue
+the dimension before them: an attention bias ``(heads, kv)`` is one feature dimension of
+heads x head_dim, i.e. a vector, while a query kernel ``(embed, heads, kv)`` is a matrix.
+"""
+
+import dataclasses
+from typing import Any, Sequence
+
+import jax
+from jax.sharding import PartitionSpec
+
+EMBEDDING, READOUT, HIDDEN, VECTOR = "embedding", "readout", "hidden", "vector"
+KINDS = (EMBEDDING, READOUT, HIDDEN, VECTOR)
+STACK_AXES = ("layers",)
+JOINED_AXES = ("kv",)  # a head's own axis: joined to the ``heads`` axis before it
+LOOKUP_AXES = ("vocab", "length")  # a table indexed by tokens or positions
+
+
+@dataclasses.dataclass(frozen=True)
+class Role:
+  kind: str  # one of KINDS
+  stacked: bool  # the leading axis is a scanned layer axis (one slice per layer)
+
+  @property
+  def decays(self) -> bool:
+    """Weight decay and L1/L2 penalties apply to matrices, not to biases and norm scales."""
+    return self.kind != VECTOR
+
+
+def role_of(names: Sequence[str | None]) -> Role:
+  """The role of a parameter whose dimensions carry these logical axis names."""
+  names = tuple(names)
+  if not names or any(name is None for name in names):
+    raise ValueError(f"a parameter with logical axes {names} has an unnamed dimension; give "
+                     "every dimension a logical axis name (nn.with_logical_partitioning)")
+  stacked = names[0] in STACK_AXES
+  features = [name for name in names if name not in STACK_AXES]
+  if features and features[0] in LOOKUP_AXES:
+    return Role(EMBEDDING, stacked)
+  if len(features) >= 2 and features[-1] == "vocab":
+    return Role(READOUT, stacked)
+  dimensions = sum(1 for i, name in enumerate(features)
+                   if not (name in JOINED_AXES and i > 0))
+  return Role(HIDDEN if dimensions >= 2 else VECTOR, stacked)
+
+
+def _is_spec(x) -> bool:
+  return isinstance(x, PartitionSpec)
+
+
+def label(param_specs: Any) -> Any:
+  """A tree like the parameters of Roles, from their tree of logical PartitionSpecs (what
+  ``nn.get_partition_spec`` gives for Flax-boxed parameters)."""
+
+  def one(path, spec):
+    try:
+      return role_of(tuple(spec))
+    except ValueError as e:
+      name = jax.tree_util.keystr(path, simple=True, separator="/")
+      raise ValueError(f"{name}: {e}") from None
+
+  return jax.tree_util.tree_map_with_path(one, param_specs, is_leaf=_is_spec)
+
+
+def _is_role(x) -> bool:
+  return isinstance(x, Role)
+
+
+def decay_mask(roles: Any) -> Any:
+  """True where weight decay (and L1/L2 penalties) apply."""
+  return jax.tree.map(lambda r: r.decays, roles, is_leaf=_is_role)
+
+
+def stacked(roles: Any) -> Any:
+  """True where the leading axis is a scanned layer axis."""
+  return jax.tree.map(lambda r: r.stacked, roles, is_leaf=_is_role)
+
+
+def kinds(roles: Any) -> Any:
+  return jax.tree.map(lambda r: r.kind, roles, is_leaf=_is_role)
