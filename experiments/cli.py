@@ -65,11 +65,12 @@ def parse_config(argv: Sequence[str], extra_flags: Callable[[object], None]):
   from absl import flags
   from ml_collections import config_flags
 
-  flag_values = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", None, "config file (.py)", flag_values=flag_values,
-                                  lock_config=True)
-  extra_flags(flag_values)
   argv = _resolve_config_path(list(argv))
+  flag_values = flags.FlagValues()
+  # sys_argv: the overrides come from these arguments, not the process's own (in-process use).
+  config_flags.DEFINE_config_file("config", None, "config file (.py)", flag_values=flag_values,
+                                  lock_config=True, sys_argv=argv)
+  extra_flags(flag_values)
   if not any(a.startswith("--config=") for a in argv):
     raise UsageError("missing --config; pass e.g. --config=experiments/configs/tiny.py")
   try:

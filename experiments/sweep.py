@@ -21,15 +21,15 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from isoflop.experiments import cli, sweep_definition
+from isoflop.models import conventions
 from isoflop.train import preemption, run_record
 
-CONVENTIONS = ("kaplan", "chinchilla", "palm")
 RUNS_COLUMNS = (["name", "workdir", "status", "budget", "target_params"]
-                + [f"N_{c}" for c in CONVENTIONS] + ["D"]
-                + [f"C_{c}" for c in CONVENTIONS + ("measured",)]
+                + [f"N_{c}" for c in conventions.N_CONVENTIONS] + ["D"]
+                + [f"C_{c}" for c in conventions.ANALYTIC_FLOP_CONVENTIONS + ("measured",)]
                 + ["final_train_loss", "final_eval_loss", "wall_time_s", "steps", "d_model",
                    "n_layers", "branched", "final_train_loss_std", "final_eval_loss_std",
-                   "energy_j", "lr", "parametrization"])
+                   "energy_j", "lr", "parametrization", "C_measured_model"])
 
 
 def _flag_value(value: Any) -> str:
@@ -86,16 +86,19 @@ def runs_row(sweep_dir: str, member: sweep_definition.Member) -> dict[str, Any]:
                n_layers=record["config"]["model"]["n_layers"],
                lr=record["config"]["optimizer"]["lr"],
                parametrization=record["config"]["model"]["parametrization"])
-    for c in CONVENTIONS:
+    for c in conventions.N_CONVENTIONS:
       row[f"N_{c}"] = record["n_params"][c]
     for c, per_token in record["flops_per_token"].items():
       row[f"C_{c}"] = per_token * tokens
   rows = _metric_rows(member_dir)
   train = [r for r in rows if "loss" in r]
   evals = [r for r in rows if "eval_loss" in r]
-  row["final_train_loss"] = train[-1]["loss"] if train else None
+  # The mean training loss over the last log interval (one batch's loss in workdirs from
+  # before loss_mean was logged); the held-out loss, where there is one, is final_eval_loss.
+  train_key = "loss_mean" if train and "loss_mean" in train[-1] else "loss"
+  row["final_train_loss"] = train[-1][train_key] if train else None
   row["final_eval_loss"] = evals[-1]["eval_loss"] if evals else None
-  row["final_train_loss_std"] = train[-1].get("loss_std") if train else None  # ensembles
+  row["final_train_loss_std"] = train[-1].get(f"{train_key}_std") if train else None  # ensembles
   energies = [r.get("energy_j") for r in train]
   row["energy_j"] = sum(energies) if energies and None not in energies else None  # NVML only
   row["final_eval_loss_std"] = evals[-1].get("eval_loss_std") if evals else None

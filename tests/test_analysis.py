@@ -16,25 +16,33 @@ from isoflop.experiments.analysis import approach1
 from isoflop.experiments.analysis import approach2
 from isoflop.experiments.analysis import approach3
 from isoflop.experiments.analysis import inputs
+from isoflop.experiments.analysis import powerlaw
 
 # Hoffmann et al.'s rounded Approach-3 constants, as the synthetic truth.
 TRUTH = approach3.Law(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
+TRUTH_6N = approach3.Optimum(TRUTH)  # its compute-optimal frontier when C = 6 N D
+# FLOPs per token 300 N^0.85: 1.7-4.0 x 6N over the sizes below, falling with N as Chinchilla's
+# count does for small models (embeddings and attention weigh more there).
+FLOPS_PER_TOKEN = powerlaw.PowerLaw(300.0, 0.85)
 EPOCH_DATA = REPO / "experiments" / "data" / "chinchilla_fig4_epoch_extracted.csv"
 EPOCH = {"alpha": 0.3478, "beta": 0.3658, "E": 1.817}  # Besiroglu et al. 2024, 240 points
 FIGURES = ("isoflop_curves", "optimal_scaling", "approach3_contours")
 
 
-def _points(n, d, loss, **extra) -> inputs.Points:
-  table = pd.DataFrame({"N": n, "D": d, "C": 6.0 * n * d, "loss": loss, **extra})
+def _points(n, d, loss, c=None, **extra) -> inputs.Points:
+  c = 6.0 * n * d if c is None else c
+  table = pd.DataFrame({"N": n, "D": d, "C": c, "loss": loss, **extra})
   return inputs.Points(table=table, source="synthetic", loss_column="loss")
 
 
-def _isoflop_points(rng, budgets, noise, sizes_per_budget=9):
-  """Points at fixed budgets C (FLOPs), sizes spanning a decade around TRUTH's optimum."""
+def _isoflop_points(rng, budgets, noise, sizes_per_budget=9, flops_per_token=approach3.SIX_N):
+  """(N, D, loss) at fixed budgets C (FLOPs), sizes spanning a decade around TRUTH's optimum
+  when a token costs flops_per_token(N); each run trains on D = C / flops_per_token(N)."""
+  optimum = approach3.Optimum(TRUTH, flops_per_token)
   rows = []
   for c in budgets:
-    for n in TRUTH.frontier().n_opt(c) * np.geomspace(10 ** -0.5, 10 ** 0.5, sizes_per_budget):
-      d = c / (6.0 * n)
+    for n in optimum.frontier().n_opt(c) * np.geomspace(10 ** -0.5, 10 ** 0.5, sizes_per_budget):
+      d = c / flops_per_token(n)
       rows.append((n, d, TRUTH.loss(n, d) * np.exp(noise * rng.standard_normal())))
   return np.array(rows).T
 
@@ -56,7 +64,7 @@ def test_approach3_recovers_known_constants():
   fit = approach3.fit(_points(n, d, loss), bootstrap=50, seed=0).to_json(5.76e23)
   # Tolerances: 0.002 multiplicative noise on 80 points leaves the exponents to ~0.02.
   for key, tolerance in (("alpha", 0.02), ("beta", 0.02), ("E", 0.02), ("a", 0.02)):
-    truth = getattr(TRUTH, key)
+    truth = TRUTH_6N.values()[key]
     assert fit[key]["value"] == pytest.approx(truth, abs=tolerance), key
     low, high = fit[key]["ci95"]
     assert low <= truth <= high, (key, low, high)
@@ -70,10 +78,11 @@ def test_approach2_recovers_the_exponent_and_is_reproducible():
   result = approach2.fit(points, bootstrap=50, seed=0)
   fit = result.to_json(5.76e23)
   assert len(fit["points"]) == 4 and not fit["rejected_budgets"]
-  assert fit["a"]["value"] == pytest.approx(TRUTH.a, abs=0.01)
+  assert fit["a"]["value"] == pytest.approx(TRUTH_6N.a, abs=0.01)
+  # With C = 6 N D exactly, the fitted b comes out as 1 - a (not so in general: see below).
   assert fit["b"]["value"] == pytest.approx(1.0 - fit["a"]["value"], abs=1e-9)
   low, high = fit["a"]["ci95"]
-  assert low <= TRUTH.a <= high
+  assert low <= TRUTH_6N.a <= high
   assert approach2.fit(points, bootstrap=50, seed=0).to_json(5.76e23) == fit
 
 
@@ -83,15 +92,95 @@ def test_approach2_records_downward_parabolas_and_needs_two_budgets():
   loss = np.array([3.0, 2.9, 3.0, 2.5, 2.6, 2.5])  # the second budget opens downward
   with pytest.raises(inputs.NotEnoughData, match="found 1 of 2 budgets"):
     approach2.fit(_points(n, c / (6 * n), loss), bootstrap=0, seed=0)
-  profile = approach2.profile(n[3:], c[3:], loss[3:])
+  profile = approach2.profile(n[3:], c[3:] / (6 * n[3:]), c[3:], loss[3:])
   assert profile.rejected == approach2.OPENS_DOWNWARD
+
+
+def _points_at_flops_per_token(noise):
+  """isoFLOP points of TRUTH whose runs cost FLOPS_PER_TOKEN(N) per token, not 6 N."""
+  n, d, loss = _isoflop_points(np.random.default_rng(2), [1e18, 1e19, 1e20, 1e21], noise,
+                               flops_per_token=FLOPS_PER_TOKEN)
+  return _points(n, d, loss, c=d * FLOPS_PER_TOKEN(n))
+
+
+def test_approach2_takes_d_from_the_runs_and_fits_b():
+  result = approach2.fit(_points_at_flops_per_token(noise=0.001), bootstrap=20, seed=0)
+  fit = result.to_json(5.76e23)
+  assert len(fit["points"]) == 4
+  for point in fit["points"]:
+    # Within a budget ln D is linear in ln N, so D_opt is what a run of N_opt trains on.
+    tokens = point["C"] / FLOPS_PER_TOKEN(point["N_opt"])
+    assert point["D_opt"] == pytest.approx(tokens, rel=1e-9)
+    assert point["tokens_per_param"] == pytest.approx(tokens / point["N_opt"], rel=1e-9)
+    assert point["D_opt"] < 0.6 * point["C"] / (6 * point["N_opt"])  # C/(6N) overstates it
+  truth = approach3.Optimum(TRUTH, FLOPS_PER_TOKEN)  # a = 0.484, b = 1 - 0.85 a = 0.588
+  # D_opt = C / (300 N_opt^0.85) at every budget makes the fitted b = 1 - 0.85 a exactly, so
+  # b errs by 0.85 times a's error, and a's tolerance is that of the 6N test above.
+  assert fit["a"]["value"] == pytest.approx(truth.a, abs=0.01)
+  assert fit["b"]["value"] == pytest.approx(truth.b, abs=0.01)
+  assert fit["b"]["value"] > 1.0 - fit["a"]["value"] + 0.05  # fitted: 1 - a would be 0.516
+  # The figures draw the same optima.
+  _, (c, n_opt, d_opt) = analyze._frontier_and_points(result)
+  np.testing.assert_allclose(d_opt, [p["D_opt"] for p in fit["points"]], rtol=1e-12)
+
+
+@pytest.fixture
+def small_grid(monkeypatch):
+  """Approach 3 from the 180 starts with alpha = beta = 0.5, not all 4500: a second, not 20.
+
+  For tests about what surrounds the search; the search itself is tested on the full grid
+  (the recovery test, the Epoch bar).
+  """
+  grid = approach3.GRID
+  monkeypatch.setattr(approach3, "GRID", grid[(grid[:, 3] == 0.5) & (grid[:, 4] == 0.5)])
+
+
+def test_approach3_frontier_uses_the_points_flops_per_token(small_grid):
+  # On noise-free points the small grid reaches the truth (to the optimizer's tolerance).
+  fit = approach3.fit(_points_at_flops_per_token(noise=0.0), bootstrap=2, seed=0).to_json(1e23)
+  truth = approach3.Optimum(TRUTH, FLOPS_PER_TOKEN)
+  # Noise-free losses pin the law down to the optimizer's tolerance (about 1e-9 relative),
+  # so the frontier must match the closed form for F = 300 N^0.85 to far better than 1e-4.
+  for key in ("a", "b", "G"):
+    assert fit[key]["value"] == pytest.approx(truth.values()[key], rel=1e-4), key
+  assert fit["N_opt"]["value"] == pytest.approx(truth.frontier().n_opt(1e23), rel=1e-4)
+  assert fit["D_opt"]["value"] == pytest.approx(truth.frontier().d_opt(1e23), rel=1e-4)
+  assert abs(fit["a"]["value"] - TRUTH_6N.a) > 0.03  # what C = 6 N D would give: 0.452
+  assert fit["kappa"]["value"] == pytest.approx(300.0, rel=1e-9)
+  assert fit["phi"]["value"] == pytest.approx(0.85, rel=1e-9)
+  assert "kappa * N**phi" in fit["law"]
+
+
+@pytest.mark.parametrize("flops_per_token", [approach3.SIX_N, FLOPS_PER_TOKEN])
+def test_optimum_is_the_minimum_of_the_loss_at_fixed_compute(flops_per_token):
+  optimum = approach3.Optimum(TRUTH, flops_per_token)
+  frontier = optimum.frontier()
+  for c in (1e19, 1e23):
+    def loss_at(log_n):
+      n = np.exp(log_n)
+      return TRUTH.loss(n, c / flops_per_token(n))
+
+    best = scipy.optimize.minimize_scalar(loss_at, bounds=(np.log(1e3), np.log(1e15)),
+                                          method="bounded", options={"xatol": 1e-10})
+    assert frontier.n_opt(c) == pytest.approx(np.exp(best.x), rel=1e-5)
+    assert frontier.d_opt(c) == pytest.approx(c / flops_per_token(frontier.n_opt(c)), rel=1e-12)
+  assert optimum.b == pytest.approx(1.0 - flops_per_token.exponent * optimum.a, rel=1e-12)
+
+
+def test_optimum_with_six_n_is_hoffmanns():
+  alpha, beta = TRUTH.alpha, TRUTH.beta
+  assert TRUTH_6N.a == pytest.approx(beta / (alpha + beta), rel=1e-12)
+  assert TRUTH_6N.b == pytest.approx(alpha / (alpha + beta), rel=1e-12)
+  g = (alpha * TRUTH.A / (beta * TRUTH.B)) ** (1.0 / (alpha + beta))
+  assert TRUTH_6N.G == pytest.approx(g, rel=1e-12)
+  assert TRUTH_6N.frontier().n_opt(6e20) == pytest.approx(g * 1e20 ** TRUTH_6N.a, rel=1e-12)
 
 
 def _write_sweep(root, rng):
   """A fake sweep: 3 isoFLOP budgets x 7 sizes with training curves from TRUTH."""
   rows = []
   for c in (1e17, 1e18, 1e19):
-    for n in TRUTH.frontier().n_opt(c) * np.geomspace(10 ** -0.5, 10 ** 0.5, 7):
+    for n in TRUTH_6N.frontier().n_opt(c) * np.geomspace(10 ** -0.5, 10 ** 0.5, 7):
       name = f"C{c:.0e}_N{n:.3g}"
       run = root / name
       run.mkdir()
@@ -99,7 +188,8 @@ def _write_sweep(root, rng):
       n_kaplan, n_palm = n - 2e6, n - 1e6  # embeddings left out, as Kaplan and PaLM count
       per_token = {"kaplan": 6 * n_kaplan, "chinchilla": 6 * n, "palm": 6 * n_palm,
                    "measured": 6.6 * n}
-      (run / "config.json").write_text(json.dumps({"flops_per_token": per_token}))
+      (run / "config.json").write_text(json.dumps(
+          {"flops_per_token": per_token, "config": {"optimizer": {"schedule": "wsd"}}}))
       with open(run / "metrics.jsonl", "w") as f:
         for step in range(1, 51):
           tokens = d_final * step / 50
@@ -135,11 +225,34 @@ def test_approach1_recovers_the_exponent_from_training_curves(sweep_dir):
   fit = result.to_json(5.76e23)
   assert len(fit["points"]) >= 10
   # The envelope can only pick trained sizes (7 per budget, 0.17 dex apart): a is within 0.04.
-  assert fit["a"]["value"] == pytest.approx(TRUTH.a, abs=0.04)
+  assert fit["a"]["value"] == pytest.approx(TRUTH_6N.a, abs=0.04)
   assert fit["a"]["ci95"][0] < fit["a"]["value"] < fit["a"]["ci95"][1]
+  # The curves' intermediate points are not decayed under WSD: fit.json says so.
+  assert fit["schedules"] == ["wsd"] and "not decayed" in fit["note"]
 
 
-def test_sweep_analysis_writes_fit_json_contrast_and_figures(sweep_dir, tmp_path):
+def test_approach1_on_final_points_of_sizes_trained_to_several_lengths():
+  """A ladder: 13 sizes, each to 2-200 tokens per parameter; only final points are used."""
+  rng = np.random.default_rng(4)
+  n, d = (np.array(v).ravel() for v in np.meshgrid(np.geomspace(1e7, 1e10, 13),
+                                                    np.geomspace(2, 200, 5), indexing="ij"))
+  d = d * n
+  n, d = np.append(n, 3e8), np.append(d, 6e9)  # a size trained once: no curve, left out
+  loss = TRUTH.loss(n, d) * np.exp(0.001 * rng.standard_normal(len(n)))
+  points = _points(n, d, loss)
+  with pytest.raises(inputs.NotEnoughData, match="training curves"):
+    approach1.fit(points, bootstrap=0, seed=0)  # the default needs the runs' curves
+  fit = approach1.fit(points, bootstrap=20, seed=0, source="final").to_json(5.76e23)
+  assert analyze._run(points, ["approach1"], 20, 0, "final")["approach1"].to_json(5.76e23) == fit
+  assert (fit["curves"], fit["runs"]) == (13, 65) and "note" not in fit
+  assert len(fit["points"]) >= 10
+  # Sizes 0.25 dex apart, as in the training-curve test: a within 0.04.
+  assert fit["a"]["value"] == pytest.approx(TRUTH_6N.a, abs=0.04)
+  for point in fit["points"]:  # each envelope point lies on its size's interpolated curve
+    assert point["D_opt"] == pytest.approx(point["C"] / (6 * point["N_opt"]), rel=1e-9)
+
+
+def test_sweep_analysis_writes_fit_json_contrast_and_figures(sweep_dir, tmp_path, small_grid):
   out = tmp_path / "out"
   analysis = analyze.run_analysis(out=str(out), workdir=str(sweep_dir), bootstrap=20)
   fit = json.loads((out / "fit.json").read_text())
@@ -149,7 +262,7 @@ def test_sweep_analysis_writes_fit_json_contrast_and_figures(sweep_dir, tmp_path
     assert not fit[name].get("skipped"), fit[name]
     assert set(fit[name]["a"]) == {"value", "ci95"} and len(fit[name]["a"]["ci95"]) == 2
     assert {"N_opt", "D_opt", "b"} <= set(fit[name])
-  assert fit["approach2"]["a"]["value"] == pytest.approx(TRUTH.a, abs=0.01)
+  assert fit["approach2"]["a"]["value"] == pytest.approx(TRUTH_6N.a, abs=0.01)
   for label in ("kaplan", "chinchilla"):
     for name in ("approach2", "approach3"):
       assert set(fit["contrast"][label][name]["a"]) == {"value", "ci95"}
@@ -185,6 +298,14 @@ def test_csv_fit_json_structure_and_figures(epoch_refit):
           "bootstrap"} <= set(fit)
   assert "contrast" not in fit
   assert fit["approach1"] == {"skipped": True, "reason": inputs.NO_CURVES}
+  assert fit["approach1_points"] == "curves"
+  # From N and C alone, D = C / (6 N): FLOPs per token are 6 N and the frontier Hoffmann's.
+  third = fit["approach3"]
+  assert third["kappa"]["value"] == pytest.approx(6.0, rel=1e-9)
+  assert third["phi"]["value"] == pytest.approx(1.0, rel=1e-9)
+  alpha, beta = third["alpha"]["value"], third["beta"]["value"]
+  assert third["a"]["value"] == pytest.approx(beta / (alpha + beta), rel=1e-9)
+  assert third["b"]["value"] == pytest.approx(alpha / (alpha + beta), rel=1e-9)
   assert fit["bootstrap"] == 20 and fit["inputs"]["loss_column"] == "loss"
   for key in ("E", "A", "B", "alpha", "beta", "a", "b", "G", "N_opt", "D_opt"):
     low, high = fit["approach3"][key]["ci95"]
@@ -238,6 +359,7 @@ def test_bad_csv_is_one_line_exit_2_and_writes_nothing(name, tmp_path, capsys):
     (["--csv=a.csv", "--bootstrap=-1"], "bootstrap"),
     (["--csv=a.csv", "--n_convention=gpt"], "n_convention"),
     (["--csv=a.csv", "--bogus=1"], "bogus"),
+    (["--csv=a.csv", "--approach1_points=all"], "approach1_points"),
 ])
 def test_bad_flags_are_one_line_exit_2(argv, expected, tmp_path, capsys):
   argv = [a.format(tmp=tmp_path) for a in argv] + [f"--out={tmp_path / 'out'}"]

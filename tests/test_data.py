@@ -195,6 +195,51 @@ def test_digits_images():
   assert source.num_train_examples + source.num_eval_examples == 1797
 
 
+def test_image_held_out_split_does_not_depend_on_the_seed():
+  c = _config(source="digits", eval_fraction=0.1)
+  c.seed = 1
+  sources = [data_lib.make_source(_config(source="digits", eval_fraction=0.1)),
+             data_lib.make_source(c)]
+  held_out = [s.eval_batch(np.arange(s.num_eval_examples)) for s in sources]
+  np.testing.assert_array_equal(held_out[0]["image"], held_out[1]["image"])
+  np.testing.assert_array_equal(held_out[0]["label"], held_out[1]["label"])
+  assert not np.array_equal(sources[0].batch(np.arange(32))["image"],  # the order still does
+                            sources[1].batch(np.arange(32))["image"])
+  assert sources[0].digest() == sources[1].digest()  # the data, not the seed
+
+
+def test_resume_refuses_changed_data_but_not_a_touched_corpus(tmp_path):
+  corpus = tmp_path / "corpus"
+  corpus.mkdir()
+  for i in range(3):
+    (corpus / f"doc{i}.txt").write_text(f"document {i}: " + "to be or not to be, " * 40)
+  c = _config(source=f"files:{corpus}/*.txt", eval_fraction=0.2)
+  c.steps, c.checkpoint_every = 2, 2
+  workdir = tmp_path / "run"
+  loop.train(c, str(workdir), progress=False)
+  digest = json.loads((workdir / "config.json").read_text())["data_digest"]
+  assert set(digest) == {"tokenizer", "train_tokens", "eval_tokens"}
+  # The same text with another modification time: a new token-cache entry, the same tokens.
+  for path in corpus.iterdir():
+    os.utime(path, ns=(0, 0))
+  c.steps = 4
+  assert loop.train(c, str(workdir), progress=False).resumed_from == 2
+  for path in corpus.iterdir():
+    path.write_text(path.read_text().replace("be", "go"))
+  before = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
+  c.steps = 6
+  with pytest.raises(ValueError, match=r"^the data changed since the checkpointed run: "
+                     r"eval_tokens \(\w+ -> \w+\); train_tokens \(\w+ -> \w+\); use the "
+                     r"original data or a new --workdir$"):
+    loop.train(c, str(workdir), progress=False)
+  assert {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()} == before
+  # A workdir from before data digests were recorded: nothing to compare, it resumes.
+  record = json.loads((workdir / "config.json").read_text())
+  del record["data_digest"]
+  (workdir / "config.json").write_text(json.dumps(record))
+  assert loop.train(c, str(workdir), progress=False).resumed_from == 4
+
+
 def test_interrupted_cache_writes_are_never_used(tmp_path, monkeypatch):
   entry = str(tmp_path / "tokens" / "abc")
   calls = []

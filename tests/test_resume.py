@@ -1,10 +1,12 @@
-"""Runs that survive: kill -9 anywhere, SIGTERM, corrupt checkpoints, changed configs,
-another mesh, and non-finite losses."""
+"""Runs that survive: kill -9 anywhere, SIGTERM, corrupt checkpoints, changed configs, a lost
+config.json, another mesh, and non-finite losses; TensorBoard agreeing with metrics.jsonl."""
 
 import json
 import os
 import random
+import shutil
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -15,6 +17,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from conftest import REPO
+from isoflop.experiments import cli
 from isoflop.train import loop
 
 # 120 steps of tiny on the Shakespeare text stream (mid-epoch), a checkpoint every 10: long
@@ -48,6 +51,28 @@ def _rows(workdir) -> list[dict]:
   return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
+def _tensorboard_points(workdir) -> list[tuple[str, int]]:
+  """(tag, step) of every scalar in <workdir>/tb, read back from the event files (TFRecords:
+  8-byte length, 4-byte CRC, an Event proto, 4-byte CRC)."""
+  from tensorboardX.proto import event_pb2
+  points = []
+  for path in sorted((workdir / "tb").iterdir()):
+    data, offset = path.read_bytes(), 0
+    while offset < len(data):
+      (length,) = struct.unpack_from("<Q", data, offset)
+      event = event_pb2.Event.FromString(data[offset + 12:offset + 12 + length])
+      points += [(value.tag, event.step) for value in event.summary.value]
+      offset += 12 + length + 4
+  return points
+
+
+def _assert_tensorboard_matches_metrics(workdir):
+  """Every number of metrics.jsonl is in TensorBoard once, and nothing else is."""
+  expected = [(key, row["step"]) for row in _rows(workdir) for key, value in row.items()
+              if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool)]
+  assert sorted(_tensorboard_points(workdir)) == sorted(expected)
+
+
 def _wait_for(condition, process, timeout=300.0) -> bool:
   deadline = time.monotonic() + timeout
   while time.monotonic() < deadline:
@@ -73,6 +98,8 @@ def _assert_same_run(workdir, reference):
   got = _rows(workdir)
   assert [r["step"] for r in got] == [r["step"] for r in rows]  # none missing, none twice
   assert [r["loss"] for r in got] == [r["loss"] for r in rows]
+  assert [r["loss_mean"] for r in got] == [r["loss_mean"] for r in rows]
+  _assert_tensorboard_matches_metrics(workdir)
 
 
 def test_kill_9_at_any_moment_resumes_bitwise(reference, tmp_path):
@@ -157,6 +184,34 @@ def test_corrupt_checkpoint_is_skipped(tiny_config, tmp_path, capsys):
   for a, b in zip(jax.tree.leaves(resumed.state.params),
                   jax.tree.leaves(uninterrupted.state.params)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_tensorboard_has_each_step_once_after_a_resume(tiny_config, tmp_path):
+  loop.train(_small(tiny_config, 8), str(tmp_path), progress=False)
+  # As if killed after logging step 8 but before its checkpoint was complete.
+  shutil.rmtree(tmp_path / "checkpoints" / "8")
+  resumed = loop.train(_small(tiny_config, 8), str(tmp_path), progress=False)
+  assert resumed.resumed_from == 6 and [r["step"] for r in resumed.rows] == [8]
+  assert [r["step"] for r in _rows(tmp_path)] == [2, 4, 6, 8]
+  _assert_tensorboard_matches_metrics(tmp_path)
+  assert [p.name for p in tmp_path.iterdir() if p.name.startswith("tb")] == ["tb"]
+
+
+def test_checkpoints_without_config_json_are_refused_in_one_line(tmp_path, capsys):
+  command = ["isoflop", "train", "--config=experiments/configs/tiny.py", f"--workdir={tmp_path}",
+             "--config.steps=2", "--config.log_every=2", "--config.batch_size=8",
+             "--config.seq_len=16", "--config.model.d_model=32", "--config.model.vocab_size=64",
+             "--config.optimizer.warmup_steps=1"]
+  assert cli.main(command) == 0
+  (tmp_path / "config.json").unlink()
+  before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+  capsys.readouterr()
+  assert cli.main(command) == 2
+  lines = capsys.readouterr().err.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith("isoflop train: error: "), lines
+  assert "holds checkpoints but no config.json" in lines[0]
+  assert "restore config.json or use a new --workdir" in lines[0]
+  assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
 
 
 def test_changed_config_is_refused_and_nothing_is_touched(tiny_config, tmp_path):

@@ -1,5 +1,6 @@
 """Sweeps: expansion into members, the shape rule, running, skipping, failing, resuming."""
 
+import json
 import math
 import signal
 import subprocess
@@ -176,8 +177,6 @@ def test_missing_sweep_file(tmp_path):
 
 
 def test_wsd_branches_equal_runs_trained_alone_and_save_compute(tmp_path):
-  import json
-
   import numpy as np
   import orbax.checkpoint as ocp
 
@@ -213,3 +212,21 @@ def jax_leaves(tree):
   import jax
   import numpy as np
   return [np.asarray(x) for x in jax.tree.leaves(tree["params"])]
+
+
+def test_final_train_loss_is_the_mean_over_the_last_log_interval(tmp_path):
+  from isoflop.experiments import sweep
+  member = sweep_definition.Member(name="m", overrides={}, budget=None, target_params=None)
+  (tmp_path / "m").mkdir()
+
+  def row_of(*rows):
+    (tmp_path / "m" / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return sweep.runs_row(str(tmp_path), member)
+
+  row = row_of({"step": 5, "loss": 3.0, "loss_mean": 3.4},
+               {"step": 10, "loss": 2.0, "loss_std": 0.3, "loss_mean": 2.5, "loss_mean_std": 0.1},
+               {"step": 10, "eval_loss": 2.2})
+  assert (row["final_train_loss"], row["final_train_loss_std"]) == (2.5, 0.1)
+  assert row["final_eval_loss"] == 2.2
+  old = row_of({"step": 10, "loss": 2.0, "loss_std": 0.3})  # logged before loss_mean existed
+  assert (old["final_train_loss"], old["final_train_loss_std"]) == (2.0, 0.3)

@@ -5,6 +5,7 @@ import json
 import jax
 import numpy as np
 
+from isoflop.models import conventions
 from isoflop.train import loop
 
 REQUIRED_ROW_KEYS = {"step", "loss", "lr", "grad_norm", "tokens_per_s", "step_time_s",
@@ -80,9 +81,9 @@ def test_workdir_files_and_logged_keys(tiny_config, tmp_path):
   assert list((tmp_path / "tb").iterdir()), "TensorBoard event file missing"
   record = json.loads((tmp_path / "config.json").read_text())
   assert record["config"]["steps"] == 8
-  for convention in ("kaplan", "chinchilla", "palm"):
+  for convention in conventions.N_CONVENTIONS:
     assert record["n_params"][convention] > 0
-  for convention in ("kaplan", "chinchilla", "palm", "measured"):
+  for convention in conventions.FLOP_CONVENTIONS:
     assert record["flops_per_token"][convention] > 0
   assert record["versions"]["jax"] == jax.__version__
   assert record == json.loads(json.dumps(result.record))
@@ -112,9 +113,24 @@ def test_seed_ensemble_trains_k_models_in_one_step(tiny_config, tmp_path):
   ensemble = loop.train(tiny_config, str(tmp_path / "ensemble"), progress=False)
   train_rows = [r for r in ensemble.rows if "loss" in r]
   assert all(len(r["loss_per_seed"]) == 3 and r["loss_std"] > 0 for r in train_rows)
+  assert all(len(r["loss_mean_per_seed"]) == 3 and r["loss_mean_std"] > 0 for r in train_rows)
   # Member 0 uses the single run's seed and the same batches: the same model.
   np.testing.assert_allclose([r["loss_per_seed"][0] for r in train_rows], _losses(single),
                              rtol=1e-5)
   kernel = ensemble.state.params["layers"]["mlp"]["wi"]["kernel"]
   assert kernel.shape[0] == 3 and not np.allclose(kernel[0], kernel[1])
   assert any("eval_loss_std" in r for r in ensemble.rows)
+
+
+def test_loss_mean_is_the_mean_over_the_log_interval(tiny_config, tmp_path):
+  tiny_config.log_every = 1
+  every_step = _losses(loop.train(tiny_config, str(tmp_path / "every"), progress=False))
+  tiny_config.log_every = 3  # intervals of 3, 3 and the last 2 steps
+  rows = loop.train(tiny_config, str(tmp_path / "every3"), progress=False).rows
+  assert [r["step"] for r in rows] == [3, 6, 8]
+  assert [r["loss"] for r in rows] == list(every_step[[2, 5, 7]])  # the last step's batch
+  np.testing.assert_allclose([r["loss_mean"] for r in rows],
+                             [every_step[:3].mean(), every_step[3:6].mean(),
+                              every_step[6:].mean()], rtol=1e-12)
+  logged = [json.loads(line) for line in (tmp_path / "every3" / "metrics.jsonl").open()]
+  assert [r["loss_mean"] for r in logged] == [r["loss_mean"] for r in rows]

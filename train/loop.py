@@ -49,6 +49,8 @@ def _print_counts(record: dict[str, Any]) -> None:
   counts = record["param_counts"]
   print("parameters: " + ", ".join(f"{k}={counts[k]:,}" for k in
                                    ("embedding", "non_embedding", "head", "total")))
+  if record["param_counts_padded"] != counts:
+    print(f"allocated with the vocabulary padded: {record['param_counts_padded']['total']:,}")
   print("N by convention: " + ", ".join(f"{k}={v:,}" for k, v in record["n_params"].items()))
   print("train FLOPs/token: " + ", ".join(f"{k}={v:.4g}" for k, v in
                                           record["flops_per_token"].items()))
@@ -63,25 +65,6 @@ def _read_json(path: str) -> dict[str, Any] | None:
     return json.load(f)
 
 
-def _truncate_metrics(path: str, last_step: int) -> None:
-  """Drops rows logged after ``last_step`` (they are about to be logged again), atomically."""
-  if not os.path.exists(path):
-    return
-  with open(path, encoding="utf-8") as f:
-    lines = [line for line in f if line.strip()]
-  kept = []
-  for line in lines:
-    try:
-      if json.loads(line)["step"] <= last_step:
-        kept.append(line)
-    except (json.JSONDecodeError, KeyError):
-      pass  # a row cut short by a kill
-  tmp = f"{path}.tmp"
-  with open(tmp, "w", encoding="utf-8") as f:
-    f.writelines(kept)
-  os.replace(tmp, path)
-
-
 def _summarize(name: str, value) -> dict[str, Any]:
   """A scalar as is; an ensemble's per-seed values as their mean, and for losses also their
   standard deviation and the values (the error bar of a sweep point)."""
@@ -89,7 +72,7 @@ def _summarize(name: str, value) -> dict[str, Any]:
   if value.ndim == 0:
     return {name: float(value)}
   out = {name: float(value.mean())}
-  if name in ("loss", "eval_loss"):
+  if name in ("loss", "loss_mean", "eval_loss"):
     out[f"{name}_std"] = float(value.std(ddof=1)) if value.size > 1 else 0.0
     out[f"{name}_per_seed"] = [float(v) for v in value]
   return out
@@ -106,19 +89,23 @@ def run(prepared: build.Prepared, workdir: str, *, progress: bool = True) -> Run
   config = prepared.config
   is_main = jax.process_index() == 0
   config_path = os.path.join(workdir, "config.json")
-  metrics_path = os.path.join(workdir, "metrics.jsonl")
   previous = _read_json(config_path)
   has_checkpoints = os.path.isdir(os.path.join(workdir, "checkpoints")) and any(
       name.isdigit() for name in os.listdir(os.path.join(workdir, "checkpoints")))
-  if previous is not None and has_checkpoints:  # refuse before writing anything
+  data_digest = prepared.source.digest()
+  if has_checkpoints:  # refuse before writing anything
+    if previous is None:
+      raise ValueError(f"{workdir} holds checkpoints but no config.json, so nothing tells "
+                       "what they were trained with; restore config.json or use a new --workdir")
     resume_policy.check_resumable(previous["config"], config.to_dict(), checkpoint_step=0)
+    resume_policy.check_same_data(previous.get("data_digest"), data_digest)
   if config.init_from and not has_checkpoints:
     checkpointing.parse_step_dir(config.init_from)
 
   os.makedirs(workdir, exist_ok=True)
   checkpoints = checkpointing.Checkpoints(workdir, keep=config.keep_checkpoints)
   restored = checkpoints.restore_latest(prepared.abstract_state) if has_checkpoints else None
-  record = dict(prepared.record)
+  record = {**prepared.record, "data_digest": data_digest}
   if restored is None and config.init_from:
     start_step, state, data_state = checkpointing.restore_from(config.init_from,
                                                               prepared.abstract_state)
@@ -128,11 +115,9 @@ def run(prepared: build.Prepared, workdir: str, *, progress: bool = True) -> Run
     record["branched_from"] = {"checkpoint": os.path.abspath(config.init_from),
                                "step": start_step}
   elif restored is None:
-    start_step = 0
+    start_step, data_state = 0, {}
     with jax.set_mesh(prepared.mesh), nn.logical_axis_rules(prepared.rules):
-      seeds = config.seed + np.arange(config.ensemble)  # member i: seed + i (init, dropout)
-      keys = (jax.vmap(jax.random.key)(seeds) if config.ensemble > 1
-              else jax.random.key(config.seed))
+      keys = state_lib.seed_keys(config.seed, config.ensemble)  # member i: seed + i
       state = state_lib.create_state(prepared.task, prepared.tx, prepared.batch_shapes, keys,
                                      jax.tree.map(lambda a: a.sharding, prepared.abstract_state))
   else:
@@ -144,9 +129,13 @@ def run(prepared: build.Prepared, workdir: str, *, progress: bool = True) -> Run
     changes = resume_policy.check_resumable(previous["config"], config.to_dict(), start_step)
     record["resumes"] = previous.get("resumes", []) + [{"step": start_step,
                                                          "changed": changes}]
+  # Each step's loss since the last training row, for its loss_mean: device arrays until that
+  # row is logged (no per-step sync). A checkpoint taken between rows carries them, so a
+  # resumed or branched run logs the same loss_mean as one run straight through; checkpoints
+  # from before loss_mean lack them, and that first mean covers the steps after it only.
+  interval_losses = list(data_state.get("interval_losses", []))
   if is_main:
     data_lib.save_tokenizer(prepared.source, workdir)
-    _truncate_metrics(metrics_path, start_step)
     run_record.write_json_atomically(config_path, record)
     if progress:
       _print_counts(record)
@@ -156,7 +145,7 @@ def run(prepared: build.Prepared, workdir: str, *, progress: bool = True) -> Run
 
   tokens_per_step = prepared.record["tokens_per_step"]
   rows_of_process = process_rows(prepared.batch_sharding, config.batch_size)
-  log = metrics_log.MetricsLog(workdir) if is_main else None
+  log = metrics_log.MetricsLog(workdir, resume_step=start_step) if is_main else None
   rows: list[dict[str, Any]] = []
   bar = tqdm(total=config.steps, initial=start_step, unit="step", dynamic_ncols=True,
              disable=not (is_main and progress))
@@ -188,7 +177,9 @@ def run(prepared: build.Prepared, workdir: str, *, progress: bool = True) -> Run
           f"non-finite loss or gradient at step {bad}; stopped without saving that state "
           f"({last}); lower optimizer.lr or enable clipping")
     # The data position, as grain's own iterator state names it: the next example's index.
-    checkpoints.save(step_done, state, {"next_index": step_done * config.batch_size})
+    checkpoints.save(step_done, state, {
+        "next_index": step_done * config.batch_size,
+        "interval_losses": np.asarray(jax.device_get(interval_losses), np.float64).tolist()})
     saved_step = step_done
 
   try:
@@ -197,11 +188,14 @@ def run(prepared: build.Prepared, workdir: str, *, progress: bool = True) -> Run
         indices = step * config.batch_size + rows_of_process
         state, metrics = prepared.compiled_step(
             state, global_batch(prepared.source.batch(indices)))
+        interval_losses.append(metrics["loss"])
         bar.update(1)
         done = step + 1
         at_log = done % config.log_every == 0 or done == config.steps
         if at_log:
-          metrics = jax.device_get(metrics)  # the one host sync per log interval
+          # The one host sync per log interval.
+          metrics, losses = jax.device_get((metrics, interval_losses))
+          interval_losses.clear()
           now = time.perf_counter()
           elapsed, steps_taken = now - last_time, done - last_step
           joules = meter.joules()
@@ -212,6 +206,7 @@ def run(prepared: build.Prepared, workdir: str, *, progress: bool = True) -> Run
           last_joules = joules
           for k, v in metrics.items():
             row.update(_summarize(k, v))
+          row.update(_summarize("loss_mean", np.mean(np.asarray(losses, np.float64), axis=0)))
           rows.append(row)
           if log:
             log.write(row)

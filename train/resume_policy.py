@@ -1,5 +1,6 @@
 """Which config changes a resumed run accepts: those that leave the trained function, the data
-order and the optimizer's trajectory up to the checkpoint unchanged."""
+order and the optimizer's trajectory up to the checkpoint unchanged; and the data itself, which
+must be what the checkpointed run read."""
 
 import json
 from typing import Any
@@ -48,3 +49,15 @@ def check_resumable(old: dict[str, Any], new: dict[str, Any], checkpoint_step: i
     raise ValueError(f"steps={new['steps']} is below the checkpoint's step {checkpoint_step}; "
                      "ask for at least that many steps or use a new --workdir")
   return changes
+
+
+def check_same_data(old: dict[str, str] | None, new: dict[str, str]) -> None:
+  """A one-line ValueError naming what differs between the data digests recorded in
+  config.json (``old``) and computed now (``new``): a resumed run must read the same stream."""
+  if old is None:
+    return  # a workdir from before data digests were recorded: nothing to compare with
+  differing = [key for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
+  if differing:
+    listed = "; ".join(f"{key} ({old.get(key)} -> {new.get(key)})" for key in differing)
+    raise ValueError(f"the data changed since the checkpointed run: {listed}; use the "
+                     "original data or a new --workdir")

@@ -2,6 +2,7 @@
 
   isoflop analyze --workdir=runs/sweep --out=runs/sweep/analysis
   isoflop analyze --csv=points.csv --out=runs/fit [--drop_highest_loss=5] [--bootstrap=200]
+  isoflop analyze --workdir=runs/sweep --out=DIR --approach1_points=final
 
 Every fitted value in fit.json is {"value": x, "ci95": [lo, hi]}: a percentile bootstrap
 interval (null without enough replicates). N in parameters, D in tokens, C in FLOPs.
@@ -50,12 +51,14 @@ def _load(csv: str | None, workdir: str | None, n_convention: str, flop_conventi
   return inputs.drop_highest_loss(points, drop_highest_loss)
 
 
-def _run(points: inputs.Points, names: Sequence[str], bootstrap: int, seed: int) -> dict:
+def _run(points: inputs.Points, names: Sequence[str], bootstrap: int, seed: int,
+         approach1_points: str = "curves") -> dict:
   """Each approach's result, or the reason (a string) it was skipped."""
+  options = {"approach1": {"source": approach1_points}}
   results = {}
   for name in names:
     try:
-      results[name] = APPROACHES[name](points, bootstrap, seed)
+      results[name] = APPROACHES[name](points, bootstrap, seed, **options.get(name, {}))
     except inputs.NotEnoughData as e:
       results[name] = str(e)
   return results
@@ -72,10 +75,7 @@ def _frontier_and_points(result) -> tuple:
   if isinstance(result, approach3.Result):
     return result.frontier(), None
   if isinstance(result, approach2.Result):
-    used = result.used
-    c = np.array([p.c_opt for p in used])
-    n_opt = np.array([p.n_opt for p in used])
-    return result.frontier, (c, n_opt, c / (6.0 * n_opt))
+    return result.frontier, approach2.optima(result.used)
   return result.frontier, tuple(result.points[k].to_numpy() for k in ("C", "N_opt", "D_opt"))
 
 
@@ -135,7 +135,7 @@ def write_json_atomically(path: str, payload: dict) -> None:
 def run_analysis(*, out: str, csv: str | None = None, workdir: str | None = None,
                  n_convention: str = "chinchilla", flop_convention: str = "chinchilla",
                  bootstrap: int = 200, seed: int = 0, extrapolate_to: float = CHINCHILLA_BUDGET,
-                 drop_highest_loss: int = 0) -> Analysis:
+                 drop_highest_loss: int = 0, approach1_points: str = "curves") -> Analysis:
   """Fits the three approaches, writes the figures then fit.json into `out`.
 
   Raises AnalysisInputError on bad input, or when no approach can run; fit.json is then left
@@ -148,7 +148,7 @@ def run_analysis(*, out: str, csv: str | None = None, workdir: str | None = None
   if not (math.isfinite(extrapolate_to) and extrapolate_to > 0):
     raise inputs.AnalysisInputError(f"--extrapolate_to={extrapolate_to} must be positive FLOPs")
   points = _load(csv, workdir, n_convention, flop_convention, drop_highest_loss)
-  results = _run(points, list(APPROACHES), bootstrap, seed)
+  results = _run(points, list(APPROACHES), bootstrap, seed, approach1_points)
   if all(isinstance(r, str) for r in results.values()):
     reasons = "; ".join(f"{k}: {r}" for k, r in results.items())
     raise inputs.AnalysisInputError(f"no approach can run on the {len(points.table)} points "
@@ -156,7 +156,8 @@ def run_analysis(*, out: str, csv: str | None = None, workdir: str | None = None
   fit = {"inputs": {"count": len(points.table), "source": points.source,
                     "loss_column": points.loss_column, "dropped_highest_loss": drop_highest_loss},
          "n_convention": n_convention, "flop_convention": flop_convention,
-         "bootstrap": bootstrap, "seed": seed, "extrapolate_to": extrapolate_to}
+         "bootstrap": bootstrap, "seed": seed, "extrapolate_to": extrapolate_to,
+         "approach1_points": approach1_points}
   fit.update({name: _as_json(result, extrapolate_to) for name, result in results.items()})
   ran = {k: r for k, r in results.items() if not isinstance(r, str)}
   panels = {}
@@ -176,7 +177,7 @@ def run_analysis(*, out: str, csv: str | None = None, workdir: str | None = None
   paths += figures.optimal_scaling(frontiers, c_range, extrapolate_to, out)
   if "approach3" in ran:
     paths += figures.approach3_contours(ran["approach3"], table["N"].to_numpy(),
-                                        table["D"].to_numpy(), out)
+                                        table["C"].to_numpy(), out)
   if panels:
     paths += figures.contrast(panels, c_range, out)
   fit["figures"] = [os.path.basename(p) for p in paths]
@@ -207,6 +208,8 @@ def summary(fit: dict) -> list[str]:
     if name == "approach3":
       lines.append("  " + ", ".join(f"{k} = {_interval(entry[k])}"
                                     for k in ("E", "A", "B", "alpha", "beta", "G")))
+      lines.append("  FLOPs per token kappa * N**phi: " + ", ".join(
+          f"{k} = {_interval(entry[k])}" for k in ("kappa", "phi")))
   for label in CONTRAST:
     entry = fit.get("contrast", {}).get(label)
     if entry and not entry.get("skipped"):
@@ -221,7 +224,8 @@ def _flags():
   flag_values = flags.FlagValues()
   define = dict(flag_values=flag_values)
   flags.DEFINE_string("workdir", None, "sweep directory holding runs.csv", **define)
-  flags.DEFINE_string("csv", None, "CSV of points: N, loss, and D (tokens) or C (FLOPs)", **define)
+  flags.DEFINE_string("csv", None, "CSV of points: N, loss, and D (tokens) or C (FLOPs); the "
+                      "other from C = 6 N D", **define)
   flags.DEFINE_string("out", None, "directory for fit.json and the figures", **define)
   flags.DEFINE_enum("n_convention", "chinchilla", inputs.N_CONVENTIONS,
                     "parameter count: N_<convention> of runs.csv (with --csv, a label)",
@@ -236,6 +240,10 @@ def _flags():
                      "N_opt and D_opt", **define)
   flags.DEFINE_integer("drop_highest_loss", 0, "drop this many highest-loss points first",
                        lower_bound=0, **define)
+  flags.DEFINE_enum("approach1_points", "curves", list(approach1.SOURCES),
+                    "Approach 1's envelope: every point of the training curves, or only the "
+                    "runs' final points (decayed under any schedule; needs sizes trained to "
+                    "several lengths)", **define)
   return flags, flag_values
 
 
@@ -260,7 +268,8 @@ def main(argv: Sequence[str]) -> int:
         n_convention=flag_values.n_convention, flop_convention=flag_values.flop_convention,
         bootstrap=flag_values.bootstrap, seed=flag_values.seed,
         extrapolate_to=flag_values.extrapolate_to,
-        drop_highest_loss=flag_values.drop_highest_loss)
+        drop_highest_loss=flag_values.drop_highest_loss,
+        approach1_points=flag_values.approach1_points)
   except inputs.AnalysisInputError as e:
     print(f"{PROG}: error: {e}", file=sys.stderr)
     return EXIT_BAD_INPUT

@@ -4,10 +4,13 @@ Budgets are the values of a `budget` column when the input has one; otherwise th
 log10 C under complete linkage cut at 0.05, so that any two points of a budget have C within a
 factor 10^0.05 (12%) of each other. In each budget with >= 3 distinct N, loss is fitted by a
 parabola in ln N; a parabola that opens downward, or whose minimum lies outside the sizes
-sampled, is rejected (and recorded). Its vertex is N_opt. The budget's C is the C at N_opt,
-linear in (ln N, ln C) over the budget's points and held at the ends of their range of N
-(the common C when they share one); D_opt = C / (6 N_opt).
-Then N_opt = G C^a and D_opt = G' C^b by least squares in log-log space (so b = 1 - a).
+sampled, is rejected (and recorded). Its vertex is N_opt. The budget's C and D_opt are the
+runs' own C (FLOPs, under the input's convention) and D (tokens trained on) at N_opt: each
+linear in ln N on log axes, fitted over the budget's points and held at the ends of their
+range of N (the common value when they share one). C/D is then the runs' FLOPs per token at
+N_opt; C / (6 N_opt) would misstate D by the ratio of the two, far from 1 for small models
+(embeddings, attention). Then N_opt = G C^a and D_opt = G' C^b, each by least squares in
+log-log space on its own: b is fitted, not 1 - a (it equals 1 - a only when C = 6 N D).
 The bootstrap resamples the points within each budget, with replacement.
 """
 
@@ -28,12 +31,13 @@ NOT_BRACKETED = "its parabola's minimum lies outside the sizes sampled (optimum 
 
 @dataclasses.dataclass(frozen=True)
 class Profile:
-  """One budget's points (N in parameters, C in FLOPs, loss in nats) and its parabola.
+  """One budget's points (N parameters, D tokens, C FLOPs, loss nats) and its parabola.
 
   `parabola` holds (p2, p1, p0) of loss = p2 (ln N)^2 + p1 ln N + p0, or None when the budget
   has fewer than 3 distinct N; `rejected` says why the budget gives no N_opt (None if it does).
   """
   n: np.ndarray
+  d: np.ndarray
   c: np.ndarray
   loss: np.ndarray
   parabola: np.ndarray | None
@@ -52,25 +56,34 @@ class Profile:
   def loss_opt(self) -> float:
     return float(np.polyval(self.parabola, np.log(self.n_opt)))
 
+  def _at_n_opt(self, values: np.ndarray) -> float:
+    """`values` at N_opt, linear in (ln N, ln value) over the budget's points."""
+    log_n, log_values = np.log(self.n), np.log(values)
+    if np.ptp(log_values) == 0:
+      return float(values[0])
+    at = np.clip(np.log(self.n_opt), log_n.min(), log_n.max())  # no extrapolation
+    return float(np.exp(np.polyval(np.polyfit(log_n, log_values, 1), at)))
+
   @property
   def c_opt(self) -> float:
-    log_n, log_c = np.log(self.n), np.log(self.c)
-    if np.ptp(log_c) == 0:
-      return float(self.c[0])
-    at = np.clip(np.log(self.n_opt), log_n.min(), log_n.max())  # no extrapolation of C
-    return float(np.exp(np.polyval(np.polyfit(log_n, log_c, 1), at)))
+    return self._at_n_opt(self.c)
+
+  @property
+  def d_opt(self) -> float:
+    # The same straight-line fit as c_opt, so c_opt / d_opt is the fit of the runs' C/D.
+    return self._at_n_opt(self.d)
 
 
-def profile(n: np.ndarray, c: np.ndarray, loss: np.ndarray) -> Profile:
+def profile(n: np.ndarray, d: np.ndarray, c: np.ndarray, loss: np.ndarray) -> Profile:
   if len(np.unique(n)) < MIN_SIZES:
-    return Profile(n, c, loss, None, f"fewer than {MIN_SIZES} distinct N")
+    return Profile(n, d, c, loss, None, f"fewer than {MIN_SIZES} distinct N")
   parabola = np.polyfit(np.log(n), loss, 2)
   if parabola[0] <= 0:
-    return Profile(n, c, loss, parabola, OPENS_DOWNWARD)
+    return Profile(n, d, c, loss, parabola, OPENS_DOWNWARD)
   vertex = -parabola[1] / (2.0 * parabola[0])
   if not np.log(n).min() <= vertex <= np.log(n).max():  # an extrapolated minimum is a guess
-    return Profile(n, c, loss, parabola, NOT_BRACKETED)
-  return Profile(n, c, loss, parabola, None)
+    return Profile(n, d, c, loss, parabola, NOT_BRACKETED)
+  return Profile(n, d, c, loss, parabola, None)
 
 
 def group_budgets(table: pd.DataFrame) -> list[np.ndarray]:
@@ -93,9 +106,12 @@ def _frontier(profiles: list[Profile]) -> powerlaw.Frontier:
     raise inputs.NotEnoughData(
         f"needs >= 2 compute budgets with >= {MIN_SIZES} distinct N and an upward parabola; "
         f"found {len(usable)} of {len(profiles)} budgets")
-  c = np.array([p.c_opt for p in usable])
-  n_opt = np.array([p.n_opt for p in usable])
-  return powerlaw.frontier_from_points(c, n_opt, c / (6.0 * n_opt))
+  return powerlaw.frontier_from_points(*optima(usable))
+
+
+def optima(profiles: list[Profile]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(C, N_opt, D_opt) arrays of the given budgets."""
+  return tuple(np.array([getattr(p, k) for p in profiles]) for k in ("c_opt", "n_opt", "d_opt"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,13 +130,16 @@ class Result:
     result = {
         **self.frontier.to_json(),
         "N_opt": at["N_opt"], "D_opt": at["D_opt"],
-        "points": [{"C": p.c_opt, "N_opt": p.n_opt, "D_opt": p.c_opt / (6.0 * p.n_opt),
+        "points": [{"C": p.c_opt, "N_opt": p.n_opt, "D_opt": p.d_opt,
+                    "tokens_per_param": p.d_opt / p.n_opt,
+                    "flops_per_token": p.c_opt / p.d_opt,
                     "loss": p.loss_opt, "runs": len(p.n)} for p in self.used],
         "rejected_budgets": [{"C": p.c_nominal, "runs": len(p.n), "reason": p.rejected}
                              for p in self.profiles if p.rejected is not None],
         "budget_rule": ("the budget column" if self.budget_column else
                         f"complete-linkage clusters of log10 C cut at {BUDGET_TOLERANCE_DEX}"),
-        "D_opt_rule": "D_opt = C / (6 N_opt)",
+        "D_opt_rule": ("C and D_opt: the runs' C and D (tokens) at N_opt, each linear in ln N "
+                       "on log axes over the budget's points; b fitted on its own"),
         "bootstrap_replicates": self.replicates,
     }
     if len(self.used) < 3:
@@ -131,8 +150,8 @@ class Result:
 def fit(points: inputs.Points, bootstrap: int, seed: int) -> Result:
   """Approach 2 on the final points; raises NotEnoughData when it cannot run."""
   table = points.table
-  n, c, loss = (table[k].to_numpy() for k in ("N", "C", "loss"))
-  profiles = [profile(n[rows], c[rows], loss[rows]) for rows in group_budgets(table)]
+  n, d, c, loss = (table[k].to_numpy() for k in ("N", "D", "C", "loss"))
+  profiles = [profile(n[rows], d[rows], c[rows], loss[rows]) for rows in group_budgets(table)]
   frontier = _frontier(profiles)
   used = [p for p in profiles if p.rejected is None]
 
@@ -140,7 +159,7 @@ def fit(points: inputs.Points, bootstrap: int, seed: int) -> Result:
     resampled = []
     for p in used:
       rows = rng.integers(0, len(p.n), len(p.n))
-      resampled.append(profile(p.n[rows], p.c[rows], p.loss[rows]))
+      resampled.append(profile(p.n[rows], p.d[rows], p.c[rows], p.loss[rows]))
     return _frontier(resampled)
 
   replicates = powerlaw.bootstrap(replicate, bootstrap if len(used) >= 3 else 0, seed)

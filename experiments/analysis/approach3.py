@@ -4,11 +4,11 @@ Fitted as Hoffmann et al. fit it: minimize over x = (a, b, e, alpha, beta)
   sum_i Huber_delta(LSE(a - alpha ln N_i, b - beta ln D_i, e) - ln L_i),   delta = 1e-3,
 with L-BFGS(-B, unbounded) from every point of the grid alpha, beta in {0, 0.5, ..., 2},
 e in {-1, -0.5, ..., 1}, a, b in {0, 5, ..., 25} (4500 starts), keeping the best;
-A = e^a, B = e^b, E = e^e. N in parameters, D in tokens, L in nats per token.
-Compute-optimal frontier under C = 6 N D (C in FLOPs): N_opt(C) = G (C/6)^a and
-D_opt(C) = (C/6)^b / G, with a = beta / (alpha + beta), b = alpha / (alpha + beta) and
-G = (alpha A / (beta B))^(1 / (alpha + beta)).
-The bootstrap resamples the points with replacement and refits each replicate.
+A = e^a, B = e^b, E = e^e. N in parameters, D in tokens (each run's own), L in nats per token.
+The compute-optimal frontier uses the points' own FLOPs per token, not 6 N: F(N) = kappa N^phi
+fitted by least squares of ln(C/D) on ln N (C in FLOPs under the input's convention), so that
+C = kappa N^phi D (see `Optimum`; with kappa = 6, phi = 1 it is Hoffmann et al.'s frontier).
+The bootstrap resamples the points with replacement and refits the law and F on each.
 """
 
 import dataclasses
@@ -61,28 +61,67 @@ class Law:
   def loss(self, n, d):
     return self.E + self.A / np.power(n, self.alpha) + self.B / np.power(d, self.beta)
 
+  def values(self) -> dict[str, float]:
+    return {"E": self.E, "A": self.A, "B": self.B, "alpha": self.alpha, "beta": self.beta}
+
+
+SIX_N = powerlaw.PowerLaw(6.0, 1.0)  # C = 6 N D, Kaplan's and Hoffmann's approximation
+
+
+@dataclasses.dataclass(frozen=True)
+class Optimum:
+  """The compute-optimal N and D of `law` when a token costs F(N) = kappa N^phi FLOPs.
+
+  At compute C, D = C / (kappa N^phi), so L = E + A N^-alpha + B (C/kappa)^-beta N^(phi beta).
+  Its derivative in ln N vanishes where alpha A N^-alpha = phi beta B (C/kappa)^-beta
+  N^(phi beta) (a minimum: both terms are convex in ln N), which gives
+    N_opt = G (C/kappa)^a,  a = beta / (alpha + phi beta),
+    G = (alpha A / (phi beta B))^(1 / (alpha + phi beta)),
+    D_opt = C / (kappa N_opt^phi) = G^-phi (C/kappa)^b,  b = 1 - phi a.
+  With kappa = 6, phi = 1: Hoffmann et al.'s a = beta / (alpha + beta), b = alpha / (alpha + beta).
+  """
+  law: Law
+  flops_per_token: powerlaw.PowerLaw = SIX_N  # kappa * N**phi, FLOPs per token against N
+
+  @property
+  def kappa(self) -> float:
+    return self.flops_per_token.coefficient
+
+  @property
+  def phi(self) -> float:
+    return self.flops_per_token.exponent
+
   @property
   def a(self) -> float:
-    return self.beta / (self.alpha + self.beta)
+    law = self.law
+    return law.beta / (law.alpha + self.phi * law.beta)
 
   @property
   def b(self) -> float:
-    return self.alpha / (self.alpha + self.beta)
+    return 1.0 - self.phi * self.a
 
   @property
   def G(self) -> float:  # noqa: N802 (Hoffmann et al.'s name)
+    law = self.law
     with np.errstate(all="ignore"):
-      return float(np.power(self.alpha * self.A / (self.beta * self.B),
-                            1.0 / (self.alpha + self.beta)))
+      return float(np.power(law.alpha * law.A / (self.phi * law.beta * law.B),
+                            1.0 / (law.alpha + self.phi * law.beta)))
 
   def frontier(self) -> powerlaw.Frontier:
-    """N_opt(C) = G (C/6)^a and D_opt(C) = (C/6)^b / G as power laws in C (FLOPs)."""
-    return powerlaw.Frontier(powerlaw.PowerLaw(self.G * 6.0 ** -self.a, self.a),
-                             powerlaw.PowerLaw(6.0 ** -self.b / self.G, self.b))
+    """N_opt(C) = G (C/kappa)^a and D_opt(C) = G^-phi (C/kappa)^b as power laws in C."""
+    with np.errstate(all="ignore"):
+      return powerlaw.Frontier(
+          powerlaw.PowerLaw(self.G * self.kappa ** -self.a, self.a),
+          powerlaw.PowerLaw(self.G ** -self.phi * self.kappa ** -self.b, self.b))
 
   def values(self) -> dict[str, float]:
-    return {"E": self.E, "A": self.A, "B": self.B, "alpha": self.alpha, "beta": self.beta,
-            "a": self.a, "b": self.b, "G": self.G}
+    return {**self.law.values(), "kappa": self.kappa, "phi": self.phi, "a": self.a,
+            "b": self.b, "G": self.G}
+
+
+def fit_flops_per_token(n: np.ndarray, d: np.ndarray, c: np.ndarray) -> powerlaw.PowerLaw:
+  """F(N) = kappa N^phi: least squares of ln(C/D) on ln N (exactly 6 N when C = 6 N D)."""
+  return powerlaw.fit(n, c / d)
 
 
 def objective(x: np.ndarray, features: np.ndarray, log_loss: np.ndarray):
@@ -119,22 +158,28 @@ def search(starts: np.ndarray, args: tuple, polished: int):
 
 @dataclasses.dataclass(frozen=True)
 class Result:
-  law: Law
+  optimum: Optimum  # the fitted law and FLOPs per token
   objective: float
-  samples: tuple[Law, ...]
+  samples: tuple[Optimum, ...]
   count: int
 
+  @property
+  def law(self) -> Law:
+    return self.optimum.law
+
   def frontier(self) -> powerlaw.Frontier:
-    return powerlaw.with_samples(self.law.frontier(), [s.frontier() for s in self.samples])
+    return powerlaw.with_samples(self.optimum.frontier(), [s.frontier() for s in self.samples])
 
   def to_json(self, extrapolate_to: float) -> dict:
     replicate_values = [s.values() for s in self.samples]
     result = {k: powerlaw.estimate(v, [r[k] for r in replicate_values])
-              for k, v in self.law.values().items()}
+              for k, v in self.optimum.values().items()}
     at = self.frontier().at(extrapolate_to)
     return {
-        "law": ("L = E + A / N**alpha + B / D**beta; N_opt = G * (C/6)**a, "
-                "D_opt = (C/6)**b / G (C = 6 N D in FLOPs)"),
+        "law": ("L = E + A / N**alpha + B / D**beta; C = kappa * N**phi * D (FLOPs per token "
+                "fitted to the points' C/D); N_opt = G * (C/kappa)**a, D_opt = C / (kappa * "
+                "N_opt**phi) = G**-phi * (C/kappa)**b; a = beta / (alpha + phi*beta), "
+                "b = 1 - phi*a, G = (alpha*A / (phi*beta*B))**(1 / (alpha + phi*beta))"),
         **result, "N_opt": at["N_opt"], "D_opt": at["D_opt"],
         "objective": self.objective, "huber_delta": HUBER_DELTA, "starts": len(GRID),
         "points": self.count, "bootstrap_replicates": len(self.samples),
@@ -147,8 +192,8 @@ def _arrays(n: np.ndarray, d: np.ndarray, loss: np.ndarray) -> tuple:
 
 
 def fit(points: inputs.Points, bootstrap: int, seed: int) -> Result:
-  """Approach 3 on the final points (N, D, loss); raises NotEnoughData when it cannot run."""
-  n, d, loss = (points.table[k].to_numpy(float) for k in ("N", "D", "loss"))
+  """Approach 3 on the final points (N, D, C, loss); raises NotEnoughData when it cannot run."""
+  n, d, c, loss = (points.table[k].to_numpy(float) for k in ("N", "D", "C", "loss"))
   if len(n) < MIN_POINTS:
     raise inputs.NotEnoughData(f"needs >= {MIN_POINTS} points for its 5 parameters; "
                                f"found {len(n)}")
@@ -160,11 +205,12 @@ def fit(points: inputs.Points, bootstrap: int, seed: int) -> Result:
     best, value, coarse_values = search(GRID, _arrays(n, d, loss), POLISHED)
     replicate_starts = np.vstack([best, GRID[np.argsort(coarse_values)[:BOOTSTRAP_STARTS]]])
 
-    def replicate(rng: np.random.Generator) -> Law:
+    def replicate(rng: np.random.Generator) -> Optimum:
       rows = rng.integers(0, len(n), len(n))
       x, _, _ = search(replicate_starts, _arrays(n[rows], d[rows], loss[rows]),
                        BOOTSTRAP_POLISHED)
-      return Law.from_x(x)
+      return Optimum(Law.from_x(x), fit_flops_per_token(n[rows], d[rows], c[rows]))
 
     samples = powerlaw.bootstrap(replicate, bootstrap, seed)
-  return Result(Law.from_x(best), value, tuple(samples), len(n))
+  optimum = Optimum(Law.from_x(best), fit_flops_per_token(n, d, c))
+  return Result(optimum, value, tuple(samples), len(n))

@@ -105,30 +105,33 @@ def optimal_scaling(results: dict, c_range: tuple[float, float], extrapolate_to:
   return _save(fig, out_dir, "optimal_scaling")
 
 
-def approach3_contours(result: approach3.Result, n: np.ndarray, d: np.ndarray,
+def approach3_contours(result: approach3.Result, n: np.ndarray, c_points: np.ndarray,
                        out_dir: str) -> list[str]:
-  """Contours of the fitted L(N, D) over (C = 6 N D, N), its frontier, and the data points."""
-  law = result.law
-  c_points = 6.0 * n * d
+  """Contours of the fitted L(N, D) over (C, N), its frontier, and the data points (N, C).
+
+  D = C / F(N) with the FLOPs per token F(N) = kappa N^phi that the frontier uses.
+  """
+  law, optimum = result.law, result.optimum
   c = np.geomspace(c_points.min() / 3, c_points.max() * 3, 160)
   sizes = np.geomspace(n.min() / 3, n.max() * 3, 160)
   grid_c, grid_n = np.meshgrid(c, sizes)
-  loss = law.loss(grid_n, grid_c / (6.0 * grid_n))
+  loss = law.loss(grid_n, grid_c / optimum.flops_per_token(grid_n))
   levels = np.unique(np.quantile(loss, np.linspace(0.0, 0.9, 16)))
   fig = Figure(figsize=(7.5, 5.5), layout="constrained")
   ax = fig.add_subplot()
   filled = ax.contourf(grid_c, grid_n, loss, levels=levels, cmap="magma_r", extend="max")
   ax.contour(grid_c, grid_n, loss, levels=levels, colors="white", linewidths=0.4, alpha=0.6)
   fig.colorbar(filled, ax=ax, label="fitted loss L(N, D) (nats/token)")
-  ax.plot(c, law.frontier().n_opt(c), color="tab:cyan", lw=2,
-          label=f"efficient frontier N_opt = G (C/6)^a, a = {law.a:.3f}")
+  ax.plot(c, optimum.frontier().n_opt(c), color="tab:cyan", lw=2,
+          label=f"efficient frontier N_opt = G (C/κ)^a, a = {optimum.a:.3f}")
   ax.scatter(c_points, n, s=10, color="black", edgecolors="white", linewidths=0.3,
              label=f"data ({len(n)} points)")
   ax.set_xscale("log")
   ax.set_yscale("log")
   ax.set_xlim(c[0], c[-1])
   ax.set_ylim(sizes[0], sizes[-1])
-  ax.set_xlabel("training compute C = 6 N D (FLOPs)")
+  ax.set_xlabel(f"training compute C = κ N^φ D (FLOPs), κ = {optimum.kappa:.3g}, "
+                f"φ = {optimum.phi:.3f}")
   ax.set_ylabel("parameters N")
   ax.set_title(f"Approach 3: E = {law.E:.3f}, A = {law.A:.4g}, B = {law.B:.4g}, "
                f"α = {law.alpha:.3f}, β = {law.beta:.3f}", fontsize=10)

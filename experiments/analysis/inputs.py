@@ -1,7 +1,9 @@
 """Points for the scaling fits, from a CSV of final points or from a sweep's workdir.
 
 Units throughout: N in parameters, D in tokens, C in training FLOPs, loss in nats per token.
-Where only one of D and C is given, the other follows from C = 6 N D.
+A sweep gives each run's D (tokens trained on) and C (under the chosen FLOP convention), so
+C/D is its own FLOPs per token. A CSV with only one of D and C gets the other from C = 6 N D,
+the only relation it allows.
 """
 
 import dataclasses
@@ -11,8 +13,10 @@ import os
 import numpy as np
 import pandas as pd
 
-N_CONVENTIONS = ("kaplan", "chinchilla", "palm")
-FLOP_CONVENTIONS = ("kaplan", "chinchilla", "palm", "measured")
+from isoflop.models import conventions
+
+N_CONVENTIONS = conventions.N_CONVENTIONS
+FLOP_CONVENTIONS = conventions.FLOP_CONVENTIONS
 # Epoch AI's extraction of Hoffmann et al.'s Figure 4 names its columns this way.
 REFERENCE_COLUMNS = {"Model Size": "N", "Training FLOP": "C"}
 NO_CURVES = "needs training curves (a sweep workdir), not final points"
@@ -34,6 +38,7 @@ class Curve:
   flops_per_token: float  # training FLOPs per token, under the analysis's FLOP convention
   tokens: np.ndarray
   loss: np.ndarray
+  schedule: str | None = None  # learning-rate schedule, when config.json names it
 
   @property
   def flops(self) -> np.ndarray:
@@ -107,11 +112,21 @@ def from_csv(path: str) -> Points:
   return Points(table=_complete(table), source=path, loss_column="loss")
 
 
+def _schedule(record: dict) -> str | None:
+  """config.json's optimizer.schedule, or None where it names none (it only labels the fit)."""
+  schedule = record
+  for key in ("config", "optimizer", "schedule"):
+    schedule = schedule.get(key) if isinstance(schedule, dict) else None
+  return schedule if isinstance(schedule, str) else None
+
+
 def _read_curve(run_dir: str, name: str, n: float, flop_convention: str) -> Curve:
   """One run's training rows from metrics.jsonl; raises NotEnoughData naming what is missing."""
   try:
     with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as f:
-      flops_per_token = float(json.load(f)["flops_per_token"][flop_convention])
+      record = json.load(f)
+    flops_per_token = float(record["flops_per_token"][flop_convention])
+    schedule = _schedule(record)
     rows = []
     with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
       for line in f:
@@ -128,7 +143,7 @@ def _read_curve(run_dir: str, name: str, n: float, flop_convention: str) -> Curv
   if keep.sum() < 2 or not np.isfinite(flops_per_token) or flops_per_token <= 0:
     raise NotEnoughData(f"run {name} has fewer than 2 usable training rows in {run_dir}")
   order = np.argsort(tokens[keep])
-  return Curve(name, n, flops_per_token, tokens[keep][order], loss[keep][order])
+  return Curve(name, n, flops_per_token, tokens[keep][order], loss[keep][order], schedule)
 
 
 def from_sweep(workdir: str, n_convention: str = "chinchilla",

@@ -7,7 +7,8 @@
   digits             scikit-learn's 8x8 digits (images, for the vision families)
 
 A source gives host batches for stream indices (``batch``), held-out batches (``eval_batch``),
-its vocabulary (text: the tokenizer's), and a description for ``config.json``.
+its vocabulary (text: the tokenizer's), a description for ``config.json``, and a digest of its
+data (``digest``: strings, recorded as ``data_digest``; a resumed run must match it).
 """
 
 import functools

@@ -71,6 +71,11 @@ class _Stream:
   def describe(self) -> dict:
     return {"vocab_size": self.vocab_size, "entropy_nats": self.entropy_nats}
 
+  def digest(self) -> dict[str, str]:
+    """The generator and the parameters that define every example (see the module doc)."""
+    return {"generator": type(self).__name__,
+            **{f.name: repr(getattr(self, f.name)) for f in dataclasses.fields(self)}}
+
 
 @dataclasses.dataclass(frozen=True)
 class MarkovSource(_Stream):

@@ -14,6 +14,8 @@ from typing import Any, Sequence
 import grain
 import numpy as np
 
+from isoflop.train.data import fingerprint
+
 
 @dataclasses.dataclass
 class TextSource:
@@ -57,6 +59,13 @@ class TextSource:
       raise ValueError("the held-out split holds less than one sequence; raise "
                        "data.eval_fraction or set eval_every=0")
     return self._windows(self.eval_tokens, [int(i) % self.num_eval_examples for i in indices])
+
+  def digest(self) -> dict[str, str]:
+    """The tokenizer and the token streams' contents: what the windows are cut from. Contents,
+    not the files' paths or modification times, so a corpus copied or touched is no change."""
+    return {"tokenizer": self.tokenizer.identity(),
+            "train_tokens": fingerprint.array_digest(self.train_tokens),
+            "eval_tokens": fingerprint.array_digest(self.eval_tokens)}
 
   def describe(self) -> dict[str, Any]:
     return {**self.info, "vocab_size": self.vocab_size, "entropy_nats": None,
