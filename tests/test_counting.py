@@ -109,3 +109,17 @@ def test_vocab_padding_counts_both_ways():
   assert counting.param_counts(cfg) == counting.param_counts(unpadded)
   assert counting.n_by_convention(cfg) == counting.n_by_convention(unpadded)
   assert counting.flops_per_token(cfg, 16) == counting.flops_per_token(unpadded, 16)
+
+
+def test_every_convention_reaches_the_sweep_table_and_the_analysis():
+  """One list (models/conventions.py): the runs.csv columns and analyze's choices follow it."""
+  from isoflop.experiments import sweep
+  from isoflop.experiments.analysis import analyze
+  from isoflop.models import conventions
+  for name in conventions.FLOP_CONVENTIONS:
+    assert f"C_{name}" in sweep.RUNS_COLUMNS, name
+  for name in conventions.N_CONVENTIONS:
+    assert f"N_{name}" in sweep.RUNS_COLUMNS, name
+  _, flag_values = analyze._flags()
+  assert tuple(flag_values["flop_convention"].parser.enum_values) == conventions.FLOP_CONVENTIONS
+  assert tuple(flag_values["n_convention"].parser.enum_values) == conventions.N_CONVENTIONS

@@ -56,7 +56,8 @@ class Law:
   @classmethod
   def from_x(cls, x: np.ndarray) -> "Law":
     a, b, e, alpha, beta = (float(v) for v in x)
-    return cls(np.exp(e), np.exp(a), np.exp(b), alpha, beta)
+    with np.errstate(over="ignore"):  # a wild bootstrap replicate may overflow to inf
+      return cls(np.exp(e), np.exp(a), np.exp(b), alpha, beta)
 
   def loss(self, n, d):
     return self.E + self.A / np.power(n, self.alpha) + self.B / np.power(d, self.beta)
