@@ -10,36 +10,116 @@ import os
 import sys
 from typing import Callable, Sequence
 
-USAGE = """usage: isoflop <subcommand> [flags]
-
-subcommands:
-  train   train a model, or resume it: rerun the same command on the same workdir
-          isoflop train --config=experiments/configs/tiny.py --workdir=runs/x
-          [--config.steps=40 --config.mesh.data=2 ...] [--dry_run]
-          [--coordinator_address=host:port --num_processes=N --process_id=i]
-
-  sweep   run (or resume) every member of a sweep, writing <workdir>/runs.csv
-          isoflop sweep --sweep=experiments/sweeps/shakespeare_isoflop.py --workdir=runs/s
-          [--workers=K] [--dry_run]
-  analyze fit scaling laws to a sweep or a CSV: isoflop analyze --workdir=runs/s --out=DIR
-          (or --csv=FILE with columns N, loss and D or C)
-  bench   time the training step: isoflop bench --config=... --out=bench.json [--steps=N]
-          (tokens/s, MFU against the device's peak, memory, joules per token on NVIDIA)
-  coordcheck  activation sizes against width under SP and muP (Tensor Programs V):
-          isoflop coordcheck --config=experiments/configs/coordcheck.py --out=DIR
-          [--widths=128,256,512,1024,2048 --seeds=3 --steps=5]
-  transfer  best learning rate against width from an lr x width sweep (SP vs muP):
-          isoflop transfer --workdir=runs/mup_lr --out=DIR
-
+# Each subcommand's one-line summary, usage line and examples: `isoflop --help` lists the
+# summaries and `isoflop <subcommand> --help` prints the rest with the subcommand's flags.
+SUBCOMMAND_HELP = {
+    "train": ("train a model, or resume it: rerun the same command on the same workdir",
+              "isoflop train --config=<file.py> --workdir=<dir> [--config.a.b=value ...] "
+              "[flags]",
+              ["isoflop train --config=experiments/configs/tiny.py --workdir=runs/x",
+               "isoflop train --config=experiments/configs/tiny.py --workdir=runs/x "
+               "--config.steps=40 --config.mesh.data=2 --dry_run"]),
+    "sweep": ("run (or resume) every member of a sweep, writing <workdir>/runs.csv",
+              "isoflop sweep --sweep=<file.py> --workdir=<dir> [--workers=K] [--dry_run]",
+              ["isoflop sweep --sweep=experiments/sweeps/shakespeare_isoflop.py "
+               "--workdir=runs/s --workers=2"]),
+    "analyze": ("fit scaling laws (Chinchilla's three approaches) to a sweep or a CSV",
+                "isoflop analyze (--workdir=<sweep dir> | --csv=<file>) --out=<dir> [flags]",
+                ["isoflop analyze --workdir=runs/s --out=runs/s/analysis",
+                 "isoflop analyze --csv=points.csv --out=runs/fit --drop_highest_loss=5"]),
+    "bench": ("time the training step: tokens/s, MFU, memory, joules per token",
+              "isoflop bench --config=<file.py> [--config.a.b=value ...] --out=<file.json> "
+              "[flags]",
+              ["isoflop bench --config=experiments/configs/tiny.py --out=bench.json --steps=20"]),
+    "coordcheck": ("activation sizes against width under SP and muP (Tensor Programs V)",
+                   "isoflop coordcheck --config=<file.py> --out=<dir> [flags]",
+                   ["isoflop coordcheck --config=experiments/configs/coordcheck.py "
+                    "--out=runs/coordcheck --widths=128,256,512 --seeds=3 --steps=5"]),
+    "transfer": ("best learning rate against width from an lr x width sweep (SP vs muP)",
+                 "isoflop transfer --workdir=<sweep dir> --out=<dir>",
+                 ["isoflop transfer --workdir=runs/mup_lr --out=runs/mup_lr/transfer"]),
+}
+HELP_ARGS = ("-h", "--help", "--helpshort", "--helpfull")
+EXIT_STATUS_HELP = """\
 exit status: 0 done, 1 sweep with failed members, 2 bad input, 3 non-finite loss,
-75 preempted (SIGTERM/SIGINT; rerun the same command to resume)
-"""
+75 preempted (SIGTERM/SIGINT; rerun the same command to resume)"""
+USAGE = ("usage: isoflop <subcommand> [flags]\n\nsubcommands:\n"
+         + "".join(f"  {name:<11} {summary}\n"
+                   for name, (summary, _, _) in SUBCOMMAND_HELP.items())
+         + "\nisoflop <subcommand> --help (or -h) prints its flags and an example.\n\n"
+         + EXIT_STATUS_HELP + "\n")
 EXIT_BAD_INPUT = 2
 EXIT_NON_FINITE = 3  # the loss or a gradient became NaN/inf; the last good checkpoint is intact
 
 
 class UsageError(Exception):
   """Bad input from the command line; its message is the one line the user sees."""
+
+
+class HelpRequested(Exception):
+  """``--help``/``-h`` among a subcommand's arguments; ``main`` prints its help, exit 0."""
+
+  def __init__(self, name: str, flag_values):
+    super().__init__(name)
+    self.name, self.flag_values = name, flag_values
+
+
+def check_help(argv: Sequence[str], flag_values) -> None:
+  """Raises ``HelpRequested`` if the arguments (after argv[0], before ``--``) ask for help.
+
+  Called once the subcommand's flags are defined and before anything is parsed or read, so
+  ``--help`` needs no config and writes nothing."""
+  args = list(argv[1:])
+  if "--" in args:
+    args = args[:args.index("--")]
+  if any(a in HELP_ARGS for a in args):
+    name = argv[0].split()[-1] if argv else "isoflop"
+    raise HelpRequested(name, flag_values)
+
+
+def parse_flags(flag_values, argv: Sequence[str]) -> list[str]:
+  """``flag_values(argv)`` after ``check_help``; returns the arguments that are not flags."""
+  check_help(argv, flag_values)
+  return flag_values(list(argv))
+
+
+def help_text(name: str, flag_values) -> str:
+  """A subcommand's usage line, flags (with their help strings) and examples."""
+  import textwrap
+  _, usage, examples = SUBCOMMAND_HELP[name]
+  lines = [f"usage: {usage}", "", f"{SUBCOMMAND_HELP[name][0]}", "", "flags:"]
+  seen = set()
+  for key in sorted(flag_values, key=lambda k: (k != "config", k)):
+    flag = flag_values[key]
+    if flag.name in seen:
+      continue
+    seen.add(flag.name)
+    description = flag.help or ""
+    if flag.name == "config":
+      head = "--config=<file.py> plus --config.a.b=value overrides"
+    elif flag.flag_type() == "bool":
+      head = f"--[no]{flag.name}"
+    elif hasattr(flag.parser, "enum_values"):
+      choices = "|".join(flag.parser.enum_values)
+      head = f"--{flag.name}=<{choices}>"
+      description = description.removeprefix(f"<{choices}>: ")
+    else:
+      head = f"--{flag.name}=<{flag.flag_type()}>"
+    if flag.default is not None and flag.name != "config":
+      default = str(flag.default).lower() if isinstance(flag.default, bool) else flag.default
+      description += f" (default: {default})"
+    lines.append(f"  {head}")
+    lines.extend(textwrap.wrap(description, width=92, initial_indent=" " * 6,
+                               subsequent_indent=" " * 6))
+  lines += ["", "example:" if len(examples) == 1 else "examples:"]
+  lines += [f"  {example}" for example in examples]
+  return "\n".join(lines) + "\n"
+
+
+def print_help(name: str, flag_values) -> int:
+  """Prints ``isoflop <name> --help`` to stdout; returns the exit status, 0."""
+  print(help_text(name, flag_values))
+  return 0
 
 
 def resolve_config_path(path: str, relative_to: str | None = None) -> str:
@@ -65,12 +145,16 @@ def parse_config(argv: Sequence[str], extra_flags: Callable[[object], None]):
   from absl import flags
   from ml_collections import config_flags
 
-  argv = _resolve_config_path(list(argv))
+  argv = list(argv)
   flag_values = flags.FlagValues()
   # sys_argv: the overrides come from these arguments, not the process's own (in-process use).
-  config_flags.DEFINE_config_file("config", None, "config file (.py)", flag_values=flag_values,
-                                  lock_config=True, sys_argv=argv)
+  config_flags.DEFINE_config_file(
+      "config", None, "config file (a .py whose get_config() returns a ConfigDict); "
+      "override any of its fields with --config.a.b=value; required",
+      flag_values=flag_values, lock_config=True, sys_argv=argv)
   extra_flags(flag_values)
+  check_help(argv, flag_values)  # before the config is looked for: --help needs none
+  argv[:] = _resolve_config_path(argv)  # in place: the config flag reads overrides from argv
   if not any(a.startswith("--config=") for a in argv):
     raise UsageError("missing --config; pass e.g. --config=experiments/configs/tiny.py")
   try:
@@ -161,7 +245,7 @@ def sweep_command(argv: Sequence[str]) -> int:
   flags.DEFINE_bool("dry_run", False, "list the members with N, D, C and estimated time",
                     flag_values=flag_values)
   try:
-    flag_values(list(argv))
+    parse_flags(flag_values, argv)
   except flags.Error as e:
     raise UsageError(one_line(e)) from None
   if not flag_values.sweep:
@@ -218,11 +302,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0 if len(argv) >= 2 else EXIT_BAD_INPUT
   name = argv[1]
   if name not in SUBCOMMANDS:
-    print(f"isoflop: unknown subcommand {name!r}; choose one of {sorted(SUBCOMMANDS)}",
+    close = difflib.get_close_matches(name, list(SUBCOMMANDS), n=1, cutoff=0.5)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    print(f"isoflop: unknown subcommand {name!r}{hint}; choose one of {sorted(SUBCOMMANDS)}",
           file=sys.stderr)
     return EXIT_BAD_INPUT
   try:
     return SUBCOMMANDS[name]([f"isoflop {name}"] + argv[2:])
+  except HelpRequested as e:
+    return print_help(name, e.flag_values)
   except UsageError as e:
     print(f"isoflop {name}: error: {e}", file=sys.stderr)
     return EXIT_BAD_INPUT
@@ -233,4 +321,7 @@ def entry_point() -> None:
 
 
 if __name__ == "__main__":
-  entry_point()
+  # Run the imported module, not this __main__ copy, so that the exceptions the subcommand
+  # modules raise (cli.UsageError, cli.HelpRequested) are the classes main catches.
+  from isoflop.experiments import cli as _cli
+  _cli.entry_point()

@@ -249,17 +249,16 @@ def _flags():
 
 def main(argv: Sequence[str]) -> int:
   """The `isoflop analyze` subcommand; argv[0] is the program name. Returns the exit status."""
+  from isoflop.experiments import cli
   flags, flag_values = _flags()
-  if any(a in ("-h", "--help", "--helpshort", "--helpfull") for a in argv[1:]):
-    print(__doc__.strip() + "\n\nflags:\n" + flag_values.module_help(sys.modules[__name__]))
-    return 0
   try:
     try:
-      extra = flag_values(list(argv))[1:]
+      extra = cli.parse_flags(flag_values, argv)[1:]  # --help: cli.main prints it
     except flags.Error as e:
       raise inputs.AnalysisInputError(" ".join(str(e).split())) from None
     if extra:
-      raise inputs.AnalysisInputError(f"unexpected argument(s) {' '.join(extra)}")
+      raise inputs.AnalysisInputError(f"unexpected argument{'s' * (len(extra) > 1)} "
+                                      f"{' '.join(extra)}")
     if not flag_values.out:
       raise inputs.AnalysisInputError("missing --out; pass the directory for fit.json and "
                                       "the figures, e.g. --out=runs/fit")

@@ -145,8 +145,9 @@ def main(argv: Sequence[str]) -> int:
   flags.DEFINE_string("workdir", None, "directory of a learning rate x width grid sweep",
                       flag_values=flag_values)
   flags.DEFINE_string("out", None, "output directory", flag_values=flag_values)
+  from isoflop.experiments import cli
   try:
-    flag_values(list(argv))
+    cli.parse_flags(flag_values, argv)  # --help: cli.main prints it
   except flags.Error as e:
     print(f"{PROG}: error: {' '.join(str(e).split())}", file=sys.stderr)
     return 2
