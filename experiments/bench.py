@@ -120,6 +120,7 @@ def main(argv) -> int:
   flag_values = cli.parse_config(argv, define)
   if flag_values.steps <= 0 or flag_values.warmup < 0:
     raise cli.UsageError("--steps must be positive and --warmup non-negative")
+  cli.check_output(flag_values.out, "--out", is_file=True)
   try:
     run(flag_values.config, flag_values.out, flag_values.steps, flag_values.warmup,
         flag_values.flop_convention)

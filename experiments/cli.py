@@ -191,6 +191,15 @@ def _unknown_key_message(argv: Sequence[str]) -> str | None:
   return None
 
 
+def check_output(path: str, flag: str, is_file: bool = False) -> None:
+  """Refuses, in one line and before any work, an output path that cannot be written."""
+  from isoflop.train import workdir as workdir_lib
+  try:
+    (workdir_lib.check_writable_file if is_file else workdir_lib.check_writable)(path, flag)
+  except workdir_lib.WorkdirError as e:
+    raise UsageError(str(e)) from None
+
+
 def one_line(error: BaseException) -> str:
   text = " ".join(str(error).split())
   return text or type(error).__name__
@@ -213,25 +222,39 @@ def train_command(argv: Sequence[str]) -> int:
   flag_values = parse_config(argv, define)
   if not flag_values.workdir:
     raise UsageError("missing --workdir; pass the run directory, e.g. --workdir=runs/x")
+  check_output(flag_values.workdir, "--workdir")  # before anything slow
+  from isoflop.train import workdir as workdir_lib
   from isoflop.train import build, distributed, dry_run, loop, preemption
+  lock = None
   try:
     distributed.initialize(flag_values.coordinator_address, flag_values.num_processes,
                            flag_values.process_id)
+    import jax
+    if jax.process_index() == 0:  # the process that writes the workdir holds its lock
+      lock = workdir_lib.Lock(flag_values.workdir).acquire()
+      preemption.on_startup_exit(lock.remove_if_unused)
     prepared = build.prepare(flag_values.config, workdir=flag_values.workdir)
     if flag_values.dry_run:
       dry_run.report(prepared, flag_values.workdir)
       return 0
     loop.run(prepared, flag_values.workdir)
   except ValueError as e:  # raised at the boundary by config, mesh, data and optimizer checks
+    if lock:
+      lock.remove_if_unused()
     if os.environ.get("ISOFLOP_DEBUG"):
       raise
     raise UsageError(one_line(e)) from None
   except preemption.Preempted as e:
+    if lock and e.step is None:
+      lock.remove_if_unused()
     print(f"isoflop train: {e}", file=sys.stderr)
     return preemption.EXIT_PREEMPTED
   except loop.NonFiniteError as e:
     print(f"isoflop train: error: {e}", file=sys.stderr)
     return EXIT_NON_FINITE
+  finally:
+    if lock:
+      lock.release()
   return 0
 
 
@@ -253,6 +276,8 @@ def sweep_command(argv: Sequence[str]) -> int:
                      "shakespeare_isoflop.py")
   if not flag_values.workdir and not flag_values.dry_run:
     raise UsageError("missing --workdir; pass the sweep directory, e.g. --workdir=runs/sweep")
+  if flag_values.workdir and not flag_values.dry_run:
+    check_output(flag_values.workdir, "--workdir")
   from isoflop.experiments import sweep
   path = resolve_sweep_path(flag_values.sweep)
   try:
@@ -317,6 +342,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def entry_point() -> None:
+  from isoflop.train import preemption
+  # Before any heavy import: Ctrl-C or SIGTERM during start-up exits at once with status 75.
+  name = sys.argv[1] if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS else ""
+  preemption.install_startup_guard(f"isoflop {name}".strip())
   sys.exit(main())
 
 

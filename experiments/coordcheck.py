@@ -284,6 +284,7 @@ def main(argv: Sequence[str]) -> int:
   flag_values = cli.parse_config(argv, define)
   if not flag_values.out:
     raise cli.UsageError("missing --out; pass the output directory, e.g. --out=runs/coordcheck")
+  cli.check_output(flag_values.out, "--out")
   widths = _int_list(flag_values.widths, "widths")
   for name in ("seeds", "steps"):
     if flag_values[name].value <= 0:

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from isoflop.experiments import cli, sweep_definition
 from isoflop.models import conventions
 from isoflop.train import preemption, run_record
+from isoflop.train import workdir as workdir_lib
 
 RUNS_COLUMNS = (["name", "workdir", "status", "budget", "target_params"]
                 + [f"N_{c}" for c in conventions.N_CONVENTIONS] + ["D"]
@@ -30,6 +31,9 @@ RUNS_COLUMNS = (["name", "workdir", "status", "budget", "target_params"]
                 + ["final_train_loss", "final_eval_loss", "wall_time_s", "steps", "d_model",
                    "n_layers", "branched", "final_train_loss_std", "final_eval_loss_std",
                    "energy_j", "lr", "parametrization", "C_measured_model"])
+
+
+SWEEP_NAME_ENV = "ISOFLOP_SWEEP_NAME"  # members' logging groups them by their sweep
 
 
 def _flag_value(value: Any) -> str:
@@ -183,8 +187,25 @@ def run(sweep_path: str, sweep_dir: str, *, workers: int = 1, dry_run: bool = Fa
     from isoflop.experiments import sweep_estimate
     sweep_estimate.report(sweep, config, members)
     return 0
-  shares = device_shares(workers)
-  os.makedirs(sweep_dir, exist_ok=True)
+  sweep_lock = workdir_lib.Lock(sweep_dir)  # one driver per sweep directory
+  try:
+    sweep_lock.acquire()
+  except workdir_lib.WorkdirError as e:
+    raise cli.UsageError(str(e)) from None
+  preemption.on_startup_exit(sweep_lock.remove_if_unused)
+  try:
+    shares = device_shares(workers)
+    return _run_members(sweep, sweep_path, sweep_dir, config, config_path, members, shared,
+                        shares, progress)
+  except BaseException:
+    sweep_lock.remove_if_unused()
+    raise
+  finally:
+    sweep_lock.release()
+
+
+def _run_members(sweep, sweep_path, sweep_dir, config, config_path, members, shared, shares,
+                 progress) -> int:
   run_record.write_json_atomically(os.path.join(sweep_dir, "sweep.json"), {
       "sweep_file": os.path.abspath(sweep_path), "sweep": sweep.to_dict(),
       "config_file": os.path.abspath(config_path),
@@ -196,6 +217,7 @@ def run(sweep_path: str, sweep_dir: str, *, workers: int = 1, dry_run: bool = Fa
   tasks: queue.Queue = queue.Queue()
   lock = threading.Lock()
   running: dict[str, subprocess.Popen] = {}
+  busy: dict[str, str] = {}  # members another launcher was running, and who
   stopping = threading.Event()
 
   def work(env: dict[str, str]) -> None:
@@ -205,26 +227,42 @@ def run(sweep_path: str, sweep_dir: str, *, workers: int = 1, dry_run: bool = Fa
       except queue.Empty:
         return
       member_dir = os.path.join(sweep_dir, member.name)
-      os.makedirs(member_dir, exist_ok=True)
+      member_lock = workdir_lib.try_lock(member_dir)
+      if member_lock is None:  # another launcher runs it: leave it (and its status) alone
+        with lock:
+          busy[member.name] = workdir_lib.holder(member_dir) or "holder gone"
+        continue
       previous = _read_json(os.path.join(member_dir, "status.json")) or {}
       start = time.perf_counter()
       overrides = {**shared, **member.overrides}
       if member.branch_of:
         overrides["init_from"] = os.path.join(os.path.abspath(sweep_dir), member.branch_of,
                                               "checkpoints", str(member.branch_step))
-      with open(os.path.join(member_dir, "train.log"), "a", encoding="utf-8") as log:
-        process = subprocess.Popen(member_command(config_path, member_dir, overrides),
-                                   stdout=log, stderr=subprocess.STDOUT, env=env, text=True)
-        with lock:
-          running[member.name] = process
-        code = process.wait()
-        with lock:
-          running.pop(member.name, None)
-      status = {0: "done", preemption.EXIT_PREEMPTED: "interrupted"}.get(code, "failed")
-      run_record.write_json_atomically(os.path.join(member_dir, "status.json"), {
-          "status": status, "returncode": code,
-          "wall_time_s": previous.get("wall_time_s", 0.0) + time.perf_counter() - start,
-          "error": _last_error(member_dir) if status == "failed" else None})
+      # The member's process inherits the lock: no other launcher can start it meanwhile.
+      member_env = {**env, workdir_lib.INHERITED_LOCK_ENV: str(member_lock.fd),
+                    SWEEP_NAME_ENV: os.path.basename(os.path.abspath(sweep_dir))}
+      try:
+        with open(os.path.join(member_dir, "train.log"), "a", encoding="utf-8") as log:
+          process = subprocess.Popen(member_command(config_path, member_dir, overrides),
+                                     stdout=log, stderr=subprocess.STDOUT, env=member_env,
+                                     text=True, pass_fds=(member_lock.fd,))
+          with lock:
+            running[member.name] = process
+          code = process.wait()
+          with lock:
+            running.pop(member.name, None)
+        if code == 0:
+          status = "done"
+        elif code == preemption.EXIT_PREEMPTED or stopping.is_set():
+          status = "interrupted"  # stopped by us (or the scheduler): resumed on the next run
+        else:
+          status = "failed"
+        run_record.write_json_atomically(os.path.join(member_dir, "status.json"), {
+            "status": status, "returncode": code,
+            "wall_time_s": previous.get("wall_time_s", 0.0) + time.perf_counter() - start,
+            "error": _last_error(member_dir) if status == "failed" else None})
+      finally:
+        member_lock.release()
       with lock:
         write_runs_csv(sweep_dir, members)
 
@@ -256,6 +294,8 @@ def run(sweep_path: str, sweep_dir: str, *, workers: int = 1, dry_run: bool = Fa
   summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
   print(f"sweep {sweep_dir}: {done}/{len(table)} members done ({summary}); "
         f"{os.path.join(sweep_dir, 'runs.csv')}")
+  for name, holder in busy.items():
+    print(f"  {name}: skipped, being run by another process ({holder})")
   if stopping.is_set():
     return preemption.EXIT_PREEMPTED
   return 0 if done == len(table) and trunks_done else 1

@@ -16,7 +16,7 @@ from isoflop.models import conventions, param_roles
 from isoflop.sharding import mesh as mesh_lib
 from isoflop.sharding import rules as rules_lib
 from isoflop.train import data as data_lib
-from isoflop.train import optimizers, run_record
+from isoflop.train import hardware, optimizers, run_record
 from isoflop.train import state as state_lib
 from isoflop.train import step as step_lib
 from isoflop.train import task as task_lib
@@ -38,6 +38,19 @@ class Prepared:
   tx: Any
   roles: Any  # each parameter's role (models/param_roles.py), a tree like the parameters
   record: dict[str, Any]
+
+
+class _PhaseTimer:
+  """Seconds spent in each named phase of the preparation, for ``config.json``."""
+
+  def __init__(self):
+    self.seconds: dict[str, float] = {}
+    self._last = time.perf_counter()
+
+  def mark(self, phase: str) -> None:
+    now = time.perf_counter()
+    self.seconds[phase] = self.seconds.get(phase, 0.0) + now - self._last
+    self._last = now
 
 
 def _check_run_config(config) -> None:
@@ -84,12 +97,34 @@ def _measured_flops(jit_step, task, abstract, batch_shapes) -> dict[str, float]:
           conventions.MEASURED_MODEL: measured if model == hardware else flops(model)}
 
 
+def step_memory_bytes(memory) -> int:
+  """Bytes one device needs for the step: its inputs and outputs (less what donation lets the
+  outputs reuse), its temporaries and its code. XLA's own ``peak_memory_in_bytes`` is not used:
+  on some backends (CPU) it leaves the temporaries out."""
+  return int(memory.argument_size_in_bytes + memory.output_size_in_bytes
+             - memory.alias_size_in_bytes + memory.temp_size_in_bytes
+             + memory.generated_code_size_in_bytes)
+
+
+def check_memory_fits(record: dict[str, Any]) -> None:
+  """Refuses a run whose compiled step needs more memory per device than the device has."""
+  fit = record.get("memory_fit")
+  if fit and not fit["fits"]:
+    raise ValueError(
+        f"the step needs {fit['needed_bytes_per_device'] / 2**30:,.2f} GiB per device but "
+        f"a device has {fit['limit_bytes_per_device'] / 2**30:,.2f} GiB ({fit['limit']}); "
+        "lower batch_size or seq_len, add microbatches, shard over more devices (mesh.fsdp), "
+        "or set model.remat=full")
+
+
 def prepare(config, devices: Sequence[jax.Device] | None = None,
             workdir: str | None = None) -> Prepared:
   """Checks the config, builds data, mesh, task and optimizer, and compiles the step. Writes
   nothing to ``workdir`` (it is read for a tokenizer saved by an earlier run)."""
   _check_run_config(config)
+  phases = _PhaseTimer()
   source = data_lib.make_source(config, workdir=workdir)
+  phases.mark("data")
   if source.vocab_size is not None and source.vocab_size != config.model.vocab_size:
     config = config.copy_and_resolve_references()
     config.model.vocab_size = source.vocab_size  # the model's vocabulary follows the tokenizer
@@ -111,6 +146,7 @@ def prepare(config, devices: Sequence[jax.Device] | None = None,
   batch_sharding = rules_lib.batch_sharding(mesh, rules, ndim=2)
   batch_shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding)
                   for k, v in example.items()}
+  phases.mark("data")
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     param_specs = nn.get_partition_spec(state_lib.abstract_params(task, batch_shapes))
     rules_lib.check_names(param_specs, rules, config.mesh.rules)
@@ -134,10 +170,13 @@ def prepare(config, devices: Sequence[jax.Device] | None = None,
       return jax.jit(step, in_shardings=(shardings, batch_sharding),
                      out_shardings=(shardings, rules_lib.replicated(mesh)), donate_argnums=0)
 
+    phases.mark("abstract_state")
     start = time.perf_counter()
     compiled = jit_step(task).lower(abstract, batch_shapes).compile()
     compile_s = time.perf_counter() - start
+    phases.mark("compile_step")
     measured = _measured_flops(jit_step, task, abstract, batch_shapes)
+    phases.mark("cost_analysis")
     compiled_eval = None
     if config.eval_every:
       def eval_loss(params, batch):
@@ -147,12 +186,15 @@ def prepare(config, devices: Sequence[jax.Device] | None = None,
       compiled_eval = jax.jit(
           eval_loss, in_shardings=(shardings.params, batch_sharding),
           out_shardings=rules_lib.replicated(mesh)).lower(abstract.params, batch_shapes).compile()
+    phases.mark("compile_eval")
   tokens_per_step = task.tokens(example)
   described = task.describe(example)
   # Per model: an ensemble step trains ``ensemble`` models on each token.
   for convention, flops in measured.items():
     described["flops_per_token"][convention] = flops / tokens_per_step / config.ensemble
   memory = compiled.memory_analysis()
+  needed = step_memory_bytes(memory)
+  limit, limit_source = hardware.memory_limit_bytes(list(mesh.devices.flat))
   record = {
       "config": config.to_dict(),
       "versions": run_record.versions(),
@@ -162,12 +204,15 @@ def prepare(config, devices: Sequence[jax.Device] | None = None,
       "tokens_per_step": tokens_per_step,
       "data": {**source.describe(), "epochs": epochs},
       "compile_time_s": compile_s,
+      "startup_s": phases.seconds,  # where this process's preparation went
       "ensemble": config.ensemble,
       "memory_per_device_bytes": {
           "arguments": memory.argument_size_in_bytes, "outputs": memory.output_size_in_bytes,
           "temporaries": memory.temp_size_in_bytes, "aliased": memory.alias_size_in_bytes,
           "code": memory.generated_code_size_in_bytes,
-          "peak": getattr(memory, "peak_memory_in_bytes", None)},
+          "peak": getattr(memory, "peak_memory_in_bytes", None), "needed": needed},
+      "memory_fit": {"needed_bytes_per_device": needed, "limit_bytes_per_device": limit,
+                     "limit": limit_source, "fits": limit is None or needed <= limit},
   }
   return Prepared(config, task, source, mesh, rules, compiled, compiled_eval, abstract,
                   batch_sharding, batch_shapes, tx, roles, record)

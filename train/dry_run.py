@@ -13,6 +13,7 @@ def summary(prepared) -> dict[str, Any]:
   record = prepared.record
   return {
       "memory_per_device_bytes": record["memory_per_device_bytes"],
+      "memory_fit": record["memory_fit"],
       "flops_per_step": record["flops_per_step"],
       "flops_per_token": record["flops_per_token"],
       "param_counts": record["param_counts"],
@@ -38,7 +39,18 @@ def report(prepared, workdir: str) -> dict[str, Any]:
     print(f"dry run on {devices['count']} x {devices['kind']} ({devices['platform']}), "
           f"mesh {devices['mesh']}")
     print("memory per device: " + ", ".join(
-        f"{k}={_gib(memory[k])}" for k in ("arguments", "outputs", "temporaries", "peak")))
+        f"{k}={_gib(memory[k])}" for k in ("arguments", "outputs", "temporaries", "needed")))
+    if memory["peak"] is not None and memory["peak"] < memory["temporaries"]:
+      print(f"  (XLA's peak figure, {_gib(memory['peak'])}, leaves out the temporaries on this "
+            "backend; 'needed' is arguments + outputs - donated + temporaries + code)")
+    fit = result["memory_fit"]
+    if not fit["fits"]:
+      print(f"does not fit: needs {_gib(fit['needed_bytes_per_device'])} per device, a device "
+            f"has {_gib(fit['limit_bytes_per_device'])} ({fit['limit']}); training would be "
+            "refused")
+    elif fit["limit_bytes_per_device"]:
+      print(f"fits: {fit['needed_bytes_per_device'] / fit['limit_bytes_per_device']:.1%} of "
+            f"{_gib(fit['limit_bytes_per_device'])} per device ({fit['limit']})")
     print("FLOPs per step: " + ", ".join(
         f"{k}={v:.4g}" for k, v in result["flops_per_step"].items()))
     counts = result["param_counts"]

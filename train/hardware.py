@@ -56,3 +56,23 @@ class EnergyMeter:
       return None
     millijoules = sum(self._nvml.nvmlDeviceGetTotalEnergyConsumption(h) for h in self._handles)
     return millijoules / 1000.0
+
+
+def memory_limit_bytes(devices) -> tuple[int | None, str]:
+  """(bytes one device can hold, what that is). Accelerators report their own limit; CPU
+  devices share the host's RAM, so each gets its share of it."""
+  device = devices[0]
+  stats = None
+  try:
+    stats = device.memory_stats()
+  except Exception:  # some backends do not implement it
+    pass
+  if stats and stats.get("bytes_limit"):
+    return int(stats["bytes_limit"]), f"{device.device_kind} memory"
+  if device.platform == "cpu":
+    import os
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    local = sum(1 for d in devices if d.process_index == device.process_index)
+    share = f", shared by {local} CPU devices" if local > 1 else ""
+    return ram // local, f"{ram / 2**30:.1f} GiB of host RAM{share}"
+  return None, "unknown"

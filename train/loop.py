@@ -86,6 +86,13 @@ def _any_process(flag: bool) -> bool:
 
 def run(prepared: build.Prepared, workdir: str, *, progress: bool = True) -> RunResult:
   """Trains ``prepared`` up to ``config.steps``, resuming from ``workdir`` if it holds a run."""
+  # From here a signal asks for a stop at a safe point; before the first write it stops at once.
+  with preemption.StopRequests() as stop:
+    return _run(prepared, workdir, stop, progress)
+
+
+def _run(prepared: build.Prepared, workdir: str, stop: preemption.StopRequests,
+         progress: bool) -> RunResult:
   config = prepared.config
   is_main = jax.process_index() == 0
   config_path = os.path.join(workdir, "config.json")
@@ -101,6 +108,9 @@ def run(prepared: build.Prepared, workdir: str, *, progress: bool = True) -> Run
     resume_policy.check_same_data(previous.get("data_digest"), data_digest)
   if config.init_from and not has_checkpoints:
     checkpointing.parse_step_dir(config.init_from)
+  build.check_memory_fits(prepared.record)
+  if _any_process(stop.received is not None):
+    raise preemption.Preempted(None, stop.signal_name)
 
   os.makedirs(workdir, exist_ok=True)
   checkpoints = checkpointing.Checkpoints(workdir, keep=config.keep_checkpoints)
@@ -134,6 +144,9 @@ def run(prepared: build.Prepared, workdir: str, *, progress: bool = True) -> Run
   # resumed or branched run logs the same loss_mean as one run straight through; checkpoints
   # from before loss_mean lack them, and that first mean covers the steps after it only.
   interval_losses = list(data_state.get("interval_losses", []))
+  if _any_process(stop.received is not None):  # while restoring: nothing written yet
+    checkpoints.close()
+    raise preemption.Preempted(None, stop.signal_name)
   if is_main:
     data_lib.save_tokenizer(prepared.source, workdir)
     run_record.write_json_atomically(config_path, record)
@@ -183,51 +196,50 @@ def run(prepared: build.Prepared, workdir: str, *, progress: bool = True) -> Run
     saved_step = step_done
 
   try:
-    with preemption.StopRequests() as stop:
-      for step in range(start_step, config.steps):
-        indices = step * config.batch_size + rows_of_process
-        state, metrics = prepared.compiled_step(
-            state, global_batch(prepared.source.batch(indices)))
-        interval_losses.append(metrics["loss"])
-        bar.update(1)
-        done = step + 1
-        at_log = done % config.log_every == 0 or done == config.steps
-        if at_log:
-          # The one host sync per log interval.
-          metrics, losses = jax.device_get((metrics, interval_losses))
-          interval_losses.clear()
-          now = time.perf_counter()
-          elapsed, steps_taken = now - last_time, done - last_step
-          joules = meter.joules()
-          row = {"step": done, "tokens_seen": done * tokens_per_step,
-                 "tokens_per_s": steps_taken * tokens_per_step / elapsed,
-                 "step_time_s": elapsed / steps_taken,
-                 "energy_j": None if joules is None else joules - last_joules}
-          last_joules = joules
-          for k, v in metrics.items():
-            row.update(_summarize(k, v))
-          row.update(_summarize("loss_mean", np.mean(np.asarray(losses, np.float64), axis=0)))
-          rows.append(row)
-          if log:
-            log.write(row)
-          if not (np.isfinite(row["loss"]) and np.isfinite(row["grad_norm"])):
-            save(done)  # raises NonFiniteError naming the first bad step
-          bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.3g}")
-          last_time, last_step = now, done
-        if prepared.compiled_eval and (done % config.eval_every == 0 or done == config.steps):
-          row = evaluate(done)
-          rows.append(row)
-          if log:
-            log.write(row)
-        if (done % config.checkpoint_every == 0 or done in checkpoint_steps
-            or done == config.steps):
+    for step in range(start_step, config.steps):
+      indices = step * config.batch_size + rows_of_process
+      state, metrics = prepared.compiled_step(
+          state, global_batch(prepared.source.batch(indices)))
+      interval_losses.append(metrics["loss"])
+      bar.update(1)
+      done = step + 1
+      at_log = done % config.log_every == 0 or done == config.steps
+      if at_log:
+        # The one host sync per log interval.
+        metrics, losses = jax.device_get((metrics, interval_losses))
+        interval_losses.clear()
+        now = time.perf_counter()
+        elapsed, steps_taken = now - last_time, done - last_step
+        joules = meter.joules()
+        row = {"step": done, "tokens_seen": done * tokens_per_step,
+               "tokens_per_s": steps_taken * tokens_per_step / elapsed,
+               "step_time_s": elapsed / steps_taken,
+               "energy_j": None if joules is None else joules - last_joules}
+        last_joules = joules
+        for k, v in metrics.items():
+          row.update(_summarize(k, v))
+        row.update(_summarize("loss_mean", np.mean(np.asarray(losses, np.float64), axis=0)))
+        rows.append(row)
+        if log:
+          log.write(row)
+        if not (np.isfinite(row["loss"]) and np.isfinite(row["grad_norm"])):
+          save(done)  # raises NonFiniteError naming the first bad step
+        bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.3g}")
+        last_time, last_step = now, done
+      if prepared.compiled_eval and (done % config.eval_every == 0 or done == config.steps):
+        row = evaluate(done)
+        rows.append(row)
+        if log:
+          log.write(row)
+      if (done % config.checkpoint_every == 0 or done in checkpoint_steps
+          or done == config.steps):
+        save(done)
+      # Several processes agree at log intervals; a single one stops at the next step.
+      if (jax.process_count() == 1 or at_log) and _any_process(stop.received is not None):
+        if saved_step != done:
           save(done)
-        # Several processes agree at log intervals; a single one stops at the next step.
-        if (jax.process_count() == 1 or at_log) and _any_process(stop.received is not None):
-          if saved_step != done:
-            save(done)
-          checkpoints.wait()
-          raise preemption.Preempted(done, stop.signal_name or "a signal on another process")
+        checkpoints.wait()
+        raise preemption.Preempted(done, stop.signal_name or "a signal on another process")
   finally:
     bar.close()
     if log:
