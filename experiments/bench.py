@@ -121,6 +121,8 @@ def main(argv) -> int:
   if flag_values.steps <= 0 or flag_values.warmup < 0:
     raise cli.UsageError("--steps must be positive and --warmup non-negative")
   cli.check_output(flag_values.out, "--out", is_file=True)
+  from isoflop.train import compile_cache
+  compile_cache.enable()
   try:
     run(flag_values.config, flag_values.out, flag_values.steps, flag_values.warmup,
         flag_values.flop_convention)

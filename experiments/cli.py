@@ -8,6 +8,7 @@ Input errors print one line (what was wrong, what to do) and exit with status 2.
 import difflib
 import os
 import sys
+import time
 from typing import Callable, Sequence
 
 # Each subcommand's one-line summary, usage line and examples: `isoflop --help` lists the
@@ -49,6 +50,9 @@ USAGE = ("usage: isoflop <subcommand> [flags]\n\nsubcommands:\n"
          + "\nisoflop <subcommand> --help (or -h) prints its flags and an example.\n\n"
          + EXIT_STATUS_HELP + "\n")
 EXIT_BAD_INPUT = 2
+# When this command began (a sweep worker resets it per member): the imports and set-up
+# before the run's own preparation are timed from here.
+command_started = time.perf_counter()
 EXIT_NON_FINITE = 3  # the loss or a gradient became NaN/inf; the last good checkpoint is intact
 
 
@@ -224,7 +228,8 @@ def train_command(argv: Sequence[str]) -> int:
     raise UsageError("missing --workdir; pass the run directory, e.g. --workdir=runs/x")
   check_output(flag_values.workdir, "--workdir")  # before anything slow
   from isoflop.train import workdir as workdir_lib
-  from isoflop.train import build, distributed, dry_run, loop, preemption
+  from isoflop.train import build, compile_cache, distributed, dry_run, loop, preemption
+  compile_cache.enable()
   lock = None
   try:
     distributed.initialize(flag_values.coordinator_address, flag_values.num_processes,
@@ -233,7 +238,12 @@ def train_command(argv: Sequence[str]) -> int:
     if jax.process_index() == 0:  # the process that writes the workdir holds its lock
       lock = workdir_lib.Lock(flag_values.workdir).acquire()
       preemption.on_startup_exit(lock.remove_if_unused)
+    from isoflop.train import wandb_log
+    wandb_log.check_available(flag_values.config)
+    before_prepare_s = time.perf_counter() - command_started
     prepared = build.prepare(flag_values.config, workdir=flag_values.workdir)
+    prepared.record["startup_s"] = {"imports": before_prepare_s,
+                                    **prepared.record["startup_s"]}
     if flag_values.dry_run:
       dry_run.report(prepared, flag_values.workdir)
       return 0

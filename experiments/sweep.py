@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from isoflop.experiments import cli, sweep_definition
+from isoflop.experiments import cli, sweep_definition, sweep_worker
 from isoflop.models import conventions
 from isoflop.train import preemption, run_record
 from isoflop.train import workdir as workdir_lib
@@ -40,10 +40,15 @@ def _flag_value(value: Any) -> str:
   return repr(value) if isinstance(value, (float, tuple, list)) else str(value)
 
 
-def member_command(config_path: str, member_dir: str, overrides: dict[str, Any]) -> list[str]:
-  return [sys.executable, "-m", "isoflop.experiments.cli", "train", f"--config={config_path}",
-          f"--workdir={member_dir}",
+def member_args(config_path: str, member_dir: str, overrides: dict[str, Any]) -> list[str]:
+  """The ``isoflop train`` arguments of one member."""
+  return [f"--config={config_path}", f"--workdir={member_dir}",
           *[f"--config.{k}={_flag_value(v)}" for k, v in overrides.items()]]
+
+
+def member_command(config_path: str, member_dir: str, overrides: dict[str, Any]) -> list[str]:
+  return [sys.executable, "-m", "isoflop.experiments.cli", "train",
+          *member_args(config_path, member_dir, overrides)]
 
 
 def _read_json(path: str) -> dict | None:
@@ -134,7 +139,8 @@ def device_shares(workers: int) -> list[dict[str, str]]:
   if platform == "cpu" and workers > count:
     count = workers  # CPU devices are threads on the host: one per worker
   if workers < 1 or workers > count or count % workers:
-    raise cli.UsageError(f"--workers={workers} must divide the {count} {platform} devices")
+    devices = f"{count} {platform} device" + ("s" if count != 1 else "")
+    raise cli.UsageError(f"--workers={workers} must divide the {devices}")
   per = count // workers
   shares = []
   for i in range(workers):
@@ -158,10 +164,19 @@ class _Progress:
   def __init__(self, sweep_dir: str, members, steps: dict[str, int], enabled: bool):
     self._dir, self._members, self._steps = sweep_dir, members, steps
     total = sum(steps[m.name] - (m.branch_step or 0) for m in members)
-    self._bar = tqdm(total=total, unit="step", disable=not enabled, dynamic_ncols=True,
-                     desc="sweep")
+    # A live bar on a terminal; redirected to a file, a line each time a member ends.
+    self._lines = enabled and not sys.stderr.isatty()
+    self._ended = (0, 0)
+    self._bar = tqdm(total=total, unit="step", disable=not enabled or self._lines,
+                     dynamic_ncols=True, desc="sweep")
 
   def refresh(self, finished: int, failed: int) -> None:
+    if self._lines:
+      if (finished, failed) != self._ended:
+        self._ended = (finished, failed)
+        print(f"sweep: {finished}/{len(self._members)} members done, {failed} failed",
+              file=sys.stderr, flush=True)
+      return
     done = 0
     for m in self._members:  # a branch only runs the steps after its branch point
       rows = [r for r in _metric_rows(os.path.join(self._dir, m.name)) if "loss" in r]
@@ -185,7 +200,7 @@ def run(sweep_path: str, sweep_dir: str, *, workers: int = 1, dry_run: bool = Fa
   shared = sweep_definition.shared_overrides(sweep)
   if dry_run:
     from isoflop.experiments import sweep_estimate
-    sweep_estimate.report(sweep, config, members)
+    sweep_estimate.report(sweep, config, members, workers=workers)
     return 0
   sweep_lock = workdir_lib.Lock(sweep_dir)  # one driver per sweep directory
   try:
@@ -194,6 +209,8 @@ def run(sweep_path: str, sweep_dir: str, *, workers: int = 1, dry_run: bool = Fa
     raise cli.UsageError(str(e)) from None
   preemption.on_startup_exit(sweep_lock.remove_if_unused)
   try:
+    for old, new in sweep_definition.adopt_legacy_member_dirs(sweep_dir, sweep, members):
+      print(f"renamed member directory {old!r} to {new!r} (names safe in shells and CSVs)")
     shares = device_shares(workers)
     return _run_members(sweep, sweep_path, sweep_dir, config, config_path, members, shared,
                         shares, progress)
@@ -216,73 +233,71 @@ def _run_members(sweep, sweep_path, sweep_dir, config, config_path, members, sha
   phases = [[m for m in todo if m.is_stable_run], [m for m in todo if not m.is_stable_run]]
   tasks: queue.Queue = queue.Queue()
   lock = threading.Lock()
-  running: dict[str, subprocess.Popen] = {}
+  running: dict[str, sweep_worker.WorkerProcess] = {}
   busy: dict[str, str] = {}  # members another launcher was running, and who
   stopping = threading.Event()
 
-  def work(env: dict[str, str]) -> None:
+  def work(worker: sweep_worker.WorkerProcess) -> None:
     while not stopping.is_set():
       try:
         member = tasks.get_nowait()
       except queue.Empty:
         return
       member_dir = os.path.join(sweep_dir, member.name)
-      member_lock = workdir_lib.try_lock(member_dir)
-      if member_lock is None:  # another launcher runs it: leave it (and its status) alone
-        with lock:
-          busy[member.name] = workdir_lib.holder(member_dir) or "holder gone"
-        continue
+      os.makedirs(member_dir, exist_ok=True)
       previous = _read_json(os.path.join(member_dir, "status.json")) or {}
       start = time.perf_counter()
       overrides = {**shared, **member.overrides}
       if member.branch_of:
         overrides["init_from"] = os.path.join(os.path.abspath(sweep_dir), member.branch_of,
                                               "checkpoints", str(member.branch_step))
-      # The member's process inherits the lock: no other launcher can start it meanwhile.
-      member_env = {**env, workdir_lib.INHERITED_LOCK_ENV: str(member_lock.fd),
-                    SWEEP_NAME_ENV: os.path.basename(os.path.abspath(sweep_dir))}
-      try:
-        with open(os.path.join(member_dir, "train.log"), "a", encoding="utf-8") as log:
-          process = subprocess.Popen(member_command(config_path, member_dir, overrides),
-                                     stdout=log, stderr=subprocess.STDOUT, env=member_env,
-                                     text=True, pass_fds=(member_lock.fd,))
-          with lock:
-            running[member.name] = process
-          code = process.wait()
-          with lock:
-            running.pop(member.name, None)
-        if code == 0:
-          status = "done"
-        elif code == preemption.EXIT_PREEMPTED or stopping.is_set():
-          status = "interrupted"  # stopped by us (or the scheduler): resumed on the next run
-        else:
-          status = "failed"
-        run_record.write_json_atomically(os.path.join(member_dir, "status.json"), {
-            "status": status, "returncode": code,
-            "wall_time_s": previous.get("wall_time_s", 0.0) + time.perf_counter() - start,
-            "error": _last_error(member_dir) if status == "failed" else None})
-      finally:
-        member_lock.release()
+      with lock:
+        running[member.name] = worker
+      reply = worker.run({"argv": member_args(config_path, member_dir, overrides),
+                          "workdir": member_dir,
+                          "log": os.path.join(member_dir, "train.log")})
+      with lock:
+        running.pop(member.name, None)
+      if "busy" in reply:  # another launcher runs it: leave it (and its status) alone
+        with lock:
+          busy[member.name] = reply["busy"]
+        continue
+      code = reply["returncode"]
+      if code == 0:
+        status = "done"
+      elif code == preemption.EXIT_PREEMPTED or stopping.is_set():
+        status = "interrupted"  # stopped by us (or the scheduler): resumed on the next run
+      else:
+        status = "failed"
+      run_record.write_json_atomically(os.path.join(member_dir, "status.json"), {
+          "status": status, "returncode": code,
+          "wall_time_s": previous.get("wall_time_s", 0.0) + time.perf_counter() - start,
+          "error": _last_error(member_dir) if status == "failed" else None})
       with lock:
         write_runs_csv(sweep_dir, members)
 
+  # Long-lived workers, one per device share: each member's start-up skips the imports.
+  sweep_name = os.path.basename(os.path.abspath(sweep_dir))
+  workers = [sweep_worker.WorkerProcess({**env, SWEEP_NAME_ENV: sweep_name}) for env in shares]
   bar = _Progress(sweep_dir, members, steps, progress)
   with preemption.StopRequests() as stop:
     for phase in phases:
       for m in phase:
         tasks.put(m)
-      threads = [threading.Thread(target=work, args=(env,), daemon=True) for env in shares]
+      threads = [threading.Thread(target=work, args=(w,), daemon=True) for w in workers]
       for t in threads:
         t.start()
       while any(t.is_alive() for t in threads):
         if stop.received is not None and not stopping.is_set():
           stopping.set()  # members save a checkpoint and exit 75; rerun to resume
           with lock:
-            for process in running.values():
-              process.send_signal(stop.received)
+            for worker in running.values():
+              worker.send_signal(stop.received)
         statuses = [member_status(os.path.join(sweep_dir, m.name)) for m in members]
         bar.refresh(statuses.count("done"), statuses.count("failed"))
         time.sleep(0.5)
+  for worker in workers:
+    worker.close()
   table = write_runs_csv(sweep_dir, members)
   _write_summary(sweep_dir, sweep, members, table)
   bar.refresh((table.status == "done").sum(), (table.status == "failed").sum())

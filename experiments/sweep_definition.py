@@ -15,13 +15,26 @@ token budget branch their decays from one shared warmup-stable run.
            one length) advance together, as one more axis of the product: e.g. d_model with
            n_heads, so the head size stays fixed as the width grows.
 ``overrides`` (nested like the config) apply to every member.
+
+Grid members are named from their values, ``<key><value>`` joined by ``_`` with the key's last
+part (``d_model64_n_heads4_lr0.001``): only ``[A-Za-z0-9._-]``, safe in shells and CSVs (other
+characters become ``-``, and such a name gets a short hash of the value's repr).
+``adopt_legacy_member_dirs`` renames directories of the old names (``d_model=64,lr=0.001``).
+
+Checks (``check_members``, run by ``members``, so a sweep and its ``--dry_run`` both refuse):
+every member must train at least ``min_steps`` steps (default 20) and more than its warmup
+steps; its realized compute (isoflop) or tokens (ladder) must be within ``budget_tolerance``
+(default 1.5) times its budget; its model within ``size_tolerance`` (default 3) times its
+target size; and no two members may share a name or their overrides.
 """
 
 import dataclasses
+import hashlib
 import importlib.util
 import itertools
 import math
 import os
+import re
 from typing import Any
 
 import ml_collections
@@ -31,6 +44,11 @@ from isoflop.models import counting
 from isoflop.train import causal_lm, resume_policy
 
 KINDS = ("isoflop", "ladder", "grid")
+
+# The checks' limits: sweep-file keys of these names, filled in by ``load``. Whole steps make
+# a member miss its budget by at most half a step, so 1.5x is only exceeded by runs of a step
+# or two; fewer than 20 steps leave no loss curve to speak of.
+CHECK_DEFAULTS = {"budget_tolerance": 1.5, "size_tolerance": 3.0, "min_steps": 20}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +60,7 @@ class Member:
   branch_of: str | None = None  # the shared warmup-stable run this member decays from
   branch_step: int | None = None  # ... starting at this step of it
   is_stable_run: bool = False  # a WSD trunk: run first, not a point of the fits
+  target_tokens: float | None = None  # the tokens a ladder member is meant to train on
 
 
 def wsd_branches(members: list[Member], config) -> list[Member]:
@@ -104,6 +123,9 @@ def load(path: str) -> ml_collections.ConfigDict:
   for key in ("n_convention", "flop_convention"):  # a grid sweep need not name them
     if key not in sweep:
       sweep[key] = "chinchilla"
+  for key, value in CHECK_DEFAULTS.items():  # recorded in sweep.json as used
+    if key not in sweep:
+      sweep[key] = value
   return sweep
 
 
@@ -137,6 +159,115 @@ def set_key(config, dotted: str, value) -> None:
   node[leaf] = value
 
 
+def resolved_config(config, member: Member) -> ml_collections.ConfigDict:
+  """The config the member's run will use (the base config with its overrides)."""
+  resolved = config.copy_and_resolve_references()
+  for key, value in member.overrides.items():
+    set_key(resolved, key, value)
+  return resolved
+
+
+def member_counts(sweep, config, member: Member) -> dict:
+  """The member's steps, tokens D, N (under ``n_convention``) and compute C (FLOPs under
+  ``flop_convention``), from the counters."""
+  resolved = resolved_config(config, member)
+  model = causal_lm.decoder_config(resolved)
+  tokens = resolved.steps * resolved.batch_size * resolved.seq_len
+  per_token = counting.flops_per_token(model, resolved.seq_len)
+  return {"name": member.name, "steps": resolved.steps, "D": tokens,
+          "N": counting.n_by_convention(model)[sweep.n_convention],
+          "C": per_token[sweep.flop_convention] * tokens,
+          "warmup_steps": resolved.optimizer.warmup_steps}
+
+
+def _check_limits(sweep) -> dict:
+  limits = {key: sweep.get(key, default) for key, default in CHECK_DEFAULTS.items()}
+  for key in ("budget_tolerance", "size_tolerance"):
+    value = limits[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 1:
+      raise ValueError(f"the sweep's {key} must be a number >= 1 (a factor), got {value!r}")
+  value = limits["min_steps"]
+  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    raise ValueError(f"the sweep's min_steps must be a whole number >= 1, got {value!r}")
+  return limits
+
+
+def _factor(realized: float, target: float) -> float:
+  """How far apart two positive amounts are, as a factor >= 1."""
+  return max(realized / target, target / realized)
+
+
+# What to change, by kind of problem.
+_ADVICE = {
+    "short": "give members more steps (raise the budgets, sizes, tokens_per_param or steps, "
+             "or lower batch_size or seq_len)",
+    "warmup": "lower optimizer.warmup_steps or raise steps",
+    "size": "aim at sizes the shape rule can build (raise the budgets or sizes, or change "
+            "shape)",
+    "repeated": "drop the budgets, sizes or grid values that repeat or give the same model",
+}
+
+
+def _steps(count: int) -> str:
+  return f"{count} step{'' if count == 1 else 's'}"
+
+
+def member_problems(sweep, config, members: list[Member]) -> dict[str, list[tuple[str, str]]]:
+  """Why each member would not be a usable point: {name: [(kind, reason)]}, kind a key of
+  ``_ADVICE``; members without a problem are left out. The limits are the sweep's
+  ``CHECK_DEFAULTS`` keys."""
+  limits = _check_limits(sweep)
+  problems: dict[str, list[tuple[str, str]]] = {}
+  names: set[str] = set()
+  by_overrides: dict[tuple, str] = {}
+  for m in members:
+    reasons = []
+    counts = member_counts(sweep, config, m)
+    steps, warmup = counts["steps"], counts["warmup_steps"]
+    if not m.is_stable_run:  # a WSD trunk is only the shared prefix of its branches
+      if steps < limits["min_steps"]:
+        reasons.append(("short", f"{_steps(steps)}, fewer than min_steps={limits['min_steps']}"))
+      if warmup and steps <= warmup:
+        reasons.append(("warmup", f"{_steps(steps)}, none after the {warmup} warmup steps"))
+      if m.budget and _factor(counts["C"], m.budget) > limits["budget_tolerance"]:
+        reasons.append(("short", f"{counts['C']:.3g} FLOPs for a budget of {m.budget:.3g} "
+                                 f"({counts['C'] / m.budget:.3g}x)"))
+      if m.target_tokens and _factor(counts["D"], m.target_tokens) > limits["budget_tolerance"]:
+        reasons.append(("short", f"{counts['D']:,} tokens for a target of "
+                                 f"{m.target_tokens:.3g} ({counts['D'] / m.target_tokens:.3g}x)"))
+      if m.target_params and _factor(counts["N"], m.target_params) > limits["size_tolerance"]:
+        reasons.append(("size", f"N={counts['N']:,} for a target of {m.target_params:.3g} "
+                                f"({counts['N'] / m.target_params:.3g}x)"))
+    # repr: grid values may be lists, which cannot be dictionary keys
+    key = tuple(sorted((k, repr(v)) for k, v in m.overrides.items()))
+    if key in by_overrides:
+      reasons.append(("repeated", f"the same run as {by_overrides[key]}"))
+    elif m.name in names:  # two runs would share one directory
+      reasons.append(("repeated", "the same name, so the same directory, as another member"))
+    by_overrides.setdefault(key, m.name)
+    names.add(m.name)
+    if reasons:
+      problems.setdefault(m.name, []).extend(reasons)
+  return problems
+
+
+def check_members(sweep, config, members: list[Member]) -> None:
+  """Refuses (one-line ValueError) a sweep with members too short to fit, far from their
+  budget or target size, or repeated, naming the first few and what to change."""
+  problems = member_problems(sweep, config, members)
+  if not problems:
+    return
+  shown = [f"{name} ({', '.join(text for _, text in reasons)})"
+           for name, reasons in list(problems.items())[:3]]
+  more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+  kinds = {kind for reasons in problems.values() for kind, _ in reasons}
+  advice = "; ".join(text for kind, text in _ADVICE.items() if kind in kinds)
+  if kinds - {"repeated"}:
+    advice += "; or loosen min_steps, budget_tolerance or size_tolerance in the sweep file"
+  raise ValueError(f"{len(problems)} of {len(members)} sweep members would not be usable: "
+                   f"{'; '.join(shown)}{more}. To fix: {advice}")
+
+
 def _sized_member(sweep, config, target: float, tokens: float | None, budget: float | None,
                   name: str, exclude: frozenset = frozenset()) -> Member:
   rule = sweep.shape
@@ -157,7 +288,8 @@ def _sized_member(sweep, config, target: float, tokens: float | None, budget: fl
     overrides["model.d_ff"] = model.d_ff
   if config.optimizer.warmup_steps > steps:
     overrides["optimizer.warmup_steps"] = steps // 10
-  return Member(f"{name}_N{n:.3g}".replace("+", ""), overrides, budget, target)
+  return Member(f"{name}_N{n:.3g}".replace("+", ""), overrides, budget, target,
+                target_tokens=tokens if budget is None else None)
 
 
 def _zipped_axis(sweep) -> list[dict[str, Any]]:
@@ -179,13 +311,64 @@ def _grid_members(sweep) -> list[Member]:
   for together in _zipped_axis(sweep):
     for values in itertools.product(*(list(grid[k]) for k in keys)):
       overrides = {**together, **dict(zip(keys, values))}
-      name = ",".join(f"{k.split('.')[-1]}={v}" for k, v in overrides.items())
-      out.append(Member(name, overrides, None, None))
+      out.append(Member(grid_member_name(overrides), overrides, None, None))
   return out
 
 
+_UNSAFE_IN_NAMES = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def grid_member_name(overrides: dict[str, Any]) -> str:
+  """``d_model64_n_heads4_lr0.001``: each key's last part and its value, in order, with only
+  characters safe in shells, file names and CSVs. A key whose last part another key shares
+  keeps its full dotted name; a value with other characters (a tuple, say) has them replaced
+  by ``-`` and gets a short hash of its repr, so distinct values keep distinct names."""
+  leaves = [key.split(".")[-1] for key in overrides]
+  parts = []
+  for key, leaf, value in zip(overrides, leaves, overrides.values()):
+    text = f"{leaf if leaves.count(leaf) == 1 else key}{value}"
+    safe = _UNSAFE_IN_NAMES.sub("-", text)
+    if safe != text:
+      safe = f"{safe.strip('-')}-{hashlib.sha1(repr(value).encode()).hexdigest()[:6]}"
+    parts.append(safe)
+  return "_".join(parts) or "base"  # an empty grid: one member, never the sweep dir itself
+
+
+def legacy_grid_name(overrides: dict[str, Any]) -> str:
+  """The name grid members had before ``grid_member_name`` (``d_model=64,lr=0.001``)."""
+  return ",".join(f"{k.split('.')[-1]}={v}" for k, v in overrides.items())
+
+
+def adopt_legacy_member_dirs(sweep_dir: str, sweep, members: list[Member]
+                             ) -> list[tuple[str, str]]:
+  """Renames grid members' directories under their old names (``legacy_grid_name``) to their
+  current ones, so a sweep begun before the rename resumes instead of running every member
+  again; returns the (old, new) names it renamed. Refuses when both directories exist."""
+  if sweep.kind != "grid" or not os.path.isdir(sweep_dir):
+    return []
+  renamed = []
+  for m in members:
+    old, new = legacy_grid_name(m.overrides), m.name
+    old_dir, new_dir = os.path.join(sweep_dir, old), os.path.join(sweep_dir, new)
+    if old == new or not old or not os.path.isdir(old_dir):
+      continue
+    if os.path.exists(new_dir):
+      raise ValueError(f"{sweep_dir} holds member {new} under both its old name {old!r} and "
+                       f"its new one; move one of the two out of the sweep directory and rerun")
+    os.rename(old_dir, new_dir)
+    renamed.append((old, new))
+  return renamed
+
+
 def members(sweep, config) -> list[Member]:
-  """Expands the sweep into its members, in a stable order."""
+  """Expands the sweep into its members, in a stable order; a ValueError if any of them
+  fails ``check_members``."""
+  out = _expanded_members(sweep, config)
+  check_members(sweep, config, out)
+  return out
+
+
+def _expanded_members(sweep, config) -> list[Member]:
   if sweep.kind == "grid":
     return _grid_members(sweep)
   if sweep.kind == "ladder":  # tokens_per_param may be one ratio or several

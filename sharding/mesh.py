@@ -31,9 +31,14 @@ def resolve_mesh_shape(sizes: Mapping[str, int], n_devices: int) -> dict[str, in
   if math.prod(shape.values()) != n_devices:
     raise ValueError(
         f"mesh data={shape['data']} x fsdp={shape['fsdp']} x tensor={shape['tensor']} = "
-        f"{math.prod(shape.values())} devices, but {n_devices} are available; make the "
+        f"{_devices(math.prod(shape.values()))}, but "
+        f"{'1 is' if n_devices == 1 else f'{n_devices} are'} available; make the "
         "product equal the device count (or set one axis to -1)")
   return shape
+
+
+def _devices(count: int) -> str:
+  return f"{count} device" + ("" if count == 1 else "s")
 
 
 def build_mesh(sizes: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:

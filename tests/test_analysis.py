@@ -4,6 +4,7 @@ Epoch AI's reproduction on Hoffmann et al.'s Figure 4 points, fit.json, figures,
 import csv
 import json
 import os
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -15,6 +16,7 @@ from isoflop.experiments.analysis import analyze
 from isoflop.experiments.analysis import approach1
 from isoflop.experiments.analysis import approach2
 from isoflop.experiments.analysis import approach3
+from isoflop.experiments.analysis import figures
 from isoflop.experiments.analysis import inputs
 from isoflop.experiments.analysis import powerlaw
 
@@ -257,15 +259,19 @@ def test_sweep_analysis_writes_fit_json_contrast_and_figures(sweep_dir, tmp_path
   analysis = analyze.run_analysis(out=str(out), workdir=str(sweep_dir), bootstrap=20)
   fit = json.loads((out / "fit.json").read_text())
   assert fit["inputs"] == {"count": 21, "source": str(sweep_dir),
-                           "loss_column": "final_train_loss", "dropped_highest_loss": 0}
+                           "loss_column": "final_train_loss", "dropped_highest_loss": 0,
+                           "compute": inputs.SWEEP_COMPUTE.format("chinchilla", "chinchilla")}
+  assert fit["identified_rule"] == powerlaw.IDENTIFIED_RULE
+  assert isinstance(fit["warnings"], dict)
   for name in ("approach1", "approach2", "approach3"):
     assert not fit[name].get("skipped"), fit[name]
-    assert set(fit[name]["a"]) == {"value", "ci95"} and len(fit[name]["a"]["ci95"]) == 2
+    assert set(fit[name]["a"]) == {"value", "ci95", "identified"}
+    assert len(fit[name]["a"]["ci95"]) == 2
     assert {"N_opt", "D_opt", "b"} <= set(fit[name])
   assert fit["approach2"]["a"]["value"] == pytest.approx(TRUTH_6N.a, abs=0.01)
   for label in ("kaplan", "chinchilla"):
     for name in ("approach2", "approach3"):
-      assert set(fit["contrast"][label][name]["a"]) == {"value", "ci95"}
+      assert set(fit["contrast"][label][name]["a"]) == {"value", "ci95", "identified"}
   assert "Porian" in fit["contrast"]["note"]
   # Leaving out the embeddings (2M parameters) makes N_opt grow faster with C at small scale.
   assert (fit["contrast"]["kaplan"]["approach2"]["a"]["value"]
@@ -311,6 +317,14 @@ def test_csv_fit_json_structure_and_figures(epoch_refit):
     low, high = fit["approach3"][key]["ci95"]
     assert low <= fit["approach3"][key]["value"] <= high, key
   assert {"C", "N_opt", "D_opt", "loss"} <= set(fit["approach2"]["points"][0])
+  # 240 points pin every constant of the law down.
+  for key in ("E", "A", "B", "alpha", "beta", "a"):
+    assert fit["approach3"][key]["identified"] is True, key
+  # Without --extrapolate_to, N_opt is reported a decade past the largest compute of the data.
+  largest = pd.read_csv(EPOCH_DATA)["Training FLOP"].max()
+  assert fit["extrapolate_to"] == pytest.approx(10 * largest, rel=1e-12)
+  assert fit["extrapolate_to_from"].startswith("default")
+  assert fit["inputs"]["compute"] == inputs.CSV_COMPUTE
   for name in FIGURES:
     for ext in ("png", "svg"):
       assert (out / f"{name}.{ext}").exists()
@@ -372,3 +386,171 @@ def test_missing_out_and_sweep_without_done_runs(tmp_path, capsys):
             "final_train_loss", "final_eval_loss"]
   _write_csv(tmp_path / "runs.csv", header, [("r", "r", "failed", 1e6, 1e8, 6e14, 3.0, "")])
   _main_fails([f"--workdir={tmp_path}", f"--out={tmp_path}/out"], capsys, "1 failed")
+
+
+def test_identified_rule_for_scales_and_exponents():
+  def ends(low, high):  # replicates whose 95% interval is [low, high]
+    return [low] * 20 + [high] * 20
+
+  assert powerlaw.identified(ends(1.0, 99.0), exponent=False) is True
+  assert powerlaw.identified(ends(1.0, 101.0), exponent=False) is False  # over two decades
+  assert powerlaw.identified(ends(-1.0, 2.0), exponent=False) is False  # not a positive scale
+  assert powerlaw.identified(ends(0.3, 0.79), exponent=True) is True
+  assert powerlaw.identified(ends(0.3, 0.81), exponent=True) is False  # wider than 0.5
+  assert powerlaw.identified([1.0], exponent=True) is None  # no interval
+  # A tight interval over the finite refits, but 1 in 20 refits overflowed.
+  assert powerlaw.identified([1.0] * 19 + [np.inf], exponent=False) is False
+  assert powerlaw.identified([1.0] * 40 + [np.inf], exponent=False) is True
+  assert powerlaw.estimate(2.0, ends(1.0, 1e3)) == {"value": 2.0, "ci95": [1.0, 1e3],
+                                                    "identified": False}
+
+
+def test_approach2_says_which_parameters_the_data_identify():
+  rng = np.random.default_rng(2)
+  n, d, loss = _isoflop_points(rng, [1e18, 1e19, 1e20, 1e21], noise=0.001)
+  fit = approach2.fit(_points(n, d, loss), bootstrap=50, seed=0).to_json(1e21)
+  for key in ("a", "b", "G", "N_opt", "D_opt"):
+    assert fit[key]["identified"] is True, (key, fit[key])
+  # Three budgets a decade apart, 5 sizes each, 2% noise: a's interval is 0.18-0.72 wide and
+  # G's spans 10 decades.
+  n, d, loss = _isoflop_points(np.random.default_rng(3), [1e18, 1e19, 1e20], noise=0.02,
+                               sizes_per_budget=5)
+  fit = approach2.fit(_points(n, d, loss), bootstrap=50, seed=0).to_json(1e21)
+  assert fit["a"]["identified"] is False and fit["G"]["identified"] is False
+
+
+def _noisy_isoflop_csv(path):
+  n, d, loss = _isoflop_points(np.random.default_rng(3), [1e18, 1e19, 1e20], noise=0.02,
+                               sizes_per_budget=5)
+  return _write_csv(path, ["N", "D", "loss"], zip(n, d, loss))
+
+
+def test_main_flags_poor_fits_and_keeps_warnings_off_the_terminal(tmp_path, capsys, small_grid,
+                                                                  monkeypatch):
+  fit_approach2 = analyze.APPROACHES["approach2"]
+
+  def overflowing_fit(*args, **kwargs):
+    np.exp(np.array([1e4]))  # numpy warns of the overflow, as a wild bootstrap refit does
+    return fit_approach2(*args, **kwargs)
+
+  monkeypatch.setitem(analyze.APPROACHES, "approach2", overflowing_fit)
+  path = _noisy_isoflop_csv(tmp_path / "points.csv")
+  with warnings.catch_warnings(record=True) as escaped:
+    warnings.simplefilter("always")
+    code = analyze.main(["isoflop analyze", f"--csv={path}", f"--out={tmp_path / 'out'}",
+                         "--bootstrap=20"])
+  assert code == 0 and not escaped, [str(w.message) for w in escaped]
+  printed = capsys.readouterr()
+  assert "Warning" not in printed.err
+  fit = json.loads((tmp_path / "out" / "fit.json").read_text())
+  assert fit["warnings"]["approach2"] == {
+      "count": 1, "messages": ["RuntimeWarning: overflow encountered in exp"]}
+  # 15 noisy points leave Approach 3's law and exponent a loose: flagged in fit.json and printed.
+  assert fit["approach3"]["a"]["identified"] is False
+  assert fit["approach3"]["E"]["identified"] is False
+  assert fit["approach2"]["N_opt"]["identified"] is True
+  lines = printed.out.splitlines()
+  third = next(x for x in lines if x.startswith("approach3:"))
+  assert third.split(", b = ")[0].endswith(analyze.POORLY_IDENTIFIED)
+  second = next(x for x in lines if x.startswith("approach2:"))
+  assert second.split("FLOPs) = ")[1].count(analyze.POORLY_IDENTIFIED) == 0
+  assert any(x.startswith(f"{analyze.POORLY_IDENTIFIED}: the 95% interval") for x in lines)
+  assert "1 numerical warning (" in printed.out
+
+
+def test_isoflop_curves_are_drawn_when_approach2_is_skipped(tmp_path, small_grid):
+  # 3 sizes at each of 3 budgets, but two budgets' parabolas open downward.
+  n = np.array([1e6, 2e6, 4e6] * 3)
+  c = np.repeat([1e15, 1e16, 1e17], 3)
+  loss = np.array([3.0, 2.9, 3.0, 2.5, 2.6, 2.5, 2.3, 2.4, 2.3])
+  path = _write_csv(tmp_path / "points.csv", ["N", "C", "loss"], zip(n, c, loss))
+  fit = analyze.run_analysis(out=str(tmp_path / "out"), csv=str(path), bootstrap=0).fit
+  assert fit["approach2"]["skipped"] and "found 1 of 3 budgets" in fit["approach2"]["reason"]
+  for ext in ("png", "svg"):
+    assert (tmp_path / "out" / f"isoflop_curves.{ext}").stat().st_size > 1000
+  assert "isoflop_curves.png" in fit["figures"]
+
+
+def test_optimal_scaling_reaches_a_decade_past_the_data_by_default():
+  c_range = (1e10, 1e11)
+  assert analyze.default_extrapolation(c_range) == pytest.approx(1e12)
+  assert figures.compute_axis(c_range, 1e12) == (1e10, 1e12)
+  assert figures.compute_axis(c_range, 5.76e23) == (1e10, 5.76e23)
+  assert figures.compute_axis(c_range, 1e8) == (1e8, 1e11)
+  frontier = powerlaw.Frontier(powerlaw.PowerLaw(0.1, 0.5), powerlaw.PowerLaw(1.0, 0.5))
+  fig = figures.optimal_scaling_figure({"approach2": (frontier, None)}, c_range,
+                                       analyze.default_extrapolation(c_range))
+  assert fig.axes[0].get_xlim() == pytest.approx((1e10, 1e12))
+
+
+def test_extrapolate_to_flag_sets_where_n_opt_is_reported(tmp_path, small_grid):
+  path = _noisy_isoflop_csv(tmp_path / "points.csv")
+  code = analyze.main(["isoflop analyze", f"--csv={path}", f"--out={tmp_path / 'out'}",
+                       "--bootstrap=0", "--extrapolate_to=5.76e23"])
+  fit = json.loads((tmp_path / "out" / "fit.json").read_text())
+  assert code == 0 and fit["extrapolate_to"] == 5.76e23
+  assert fit["extrapolate_to_from"] == "--extrapolate_to"
+  frontier = powerlaw.PowerLaw(fit["approach2"]["G"]["value"], fit["approach2"]["a"]["value"])
+  assert fit["approach2"]["N_opt"]["value"] == pytest.approx(frontier(5.76e23), rel=1e-9)
+
+
+def test_approach3_contours_name_the_flop_count_and_place_points_at_their_c(tmp_path):
+  n, d, loss = _isoflop_points(np.random.default_rng(2), [1e18, 1e19], 0.0,
+                               flops_per_token=FLOPS_PER_TOKEN)
+  c = d * FLOPS_PER_TOKEN(n)
+  result = approach3.Result(approach3.Optimum(TRUTH, FLOPS_PER_TOKEN), 0.0, (), len(n))
+  label = inputs.SWEEP_COMPUTE.format("palm", "palm")
+  ax = figures.approach3_contours_figure(result, n, c, label).axes[0]
+  assert ax.get_xlabel().startswith(label) and "6ND" not in ax.get_xlabel()
+  offsets = next(points.get_offsets() for points in ax.collections
+                 if len(points.get_offsets()) == len(n))
+  np.testing.assert_allclose(offsets, np.column_stack([c, n]))
+  # The label follows where C came from (a sweep's: see the sweep analysis test).
+  only_d = _write_csv(tmp_path / "d.csv", ["N", "D", "loss"], [(1e6, 2e7, 3.0)])
+  assert inputs.from_csv(str(only_d)).compute_label == inputs.CSV_SIX_N_D
+  with_c = _write_csv(tmp_path / "c.csv", ["N", "C", "loss"], [(1e6, 1.2e14, 3.0)])
+  assert inputs.from_csv(str(with_c)).compute_label == inputs.CSV_COMPUTE
+
+
+def _write_budgetless_sweep(root, kind):
+  """runs.csv of a sweep whose members have no compute budget (the column is empty)."""
+  header = ["name", "workdir", "status", "budget", "N_chinchilla", "D", "C_chinchilla",
+            "final_train_loss", "final_eval_loss", "lr", "d_model"]
+  rows = [(f"r{i}", f"r{i}", "done", "", n, 20 * n, 6 * 20 * n * n, 3.0 - 0.1 * i, "", 1e-3, 64)
+          for i, n in enumerate((1e6, 2e6, 4e6))]
+  _write_csv(root / "runs.csv", header, rows)
+  (root / "sweep.json").write_text(json.dumps({"sweep": {"kind": kind}}))
+  return root
+
+
+def test_grid_sweep_says_it_has_no_budgets_and_names_transfer(tmp_path, capsys):
+  sweep = _write_budgetless_sweep(tmp_path, "grid")
+  err = _main_fails([f"--workdir={sweep}", f"--out={tmp_path / 'out'}"], capsys,
+                    f"isoflop transfer --workdir={sweep} --out=")
+  assert "grid sweep" in err and "no compute budgets" in err and "nan" not in err
+  assert not (tmp_path / "out").exists()
+
+
+def test_ladder_sweep_without_budgets_is_read(tmp_path):
+  points = inputs.from_sweep(str(_write_budgetless_sweep(tmp_path, "ladder")))
+  assert "budget" not in points.table and len(points.table) == 3  # Approach 2 groups by C
+  assert points.curves is None  # no run directories in this fake
+
+
+def test_out_that_is_a_file_is_refused_before_any_work(tmp_path, capsys):
+  out = _write_csv(tmp_path / "taken", ["mine"], [])
+  # The 4 points are too few for any approach: the --out error shows it is checked first.
+  points = _write_csv(tmp_path / "points.csv", ["N", "C", "loss"], GOOD_ROWS)
+  _main_fails([f"--csv={points}", f"--out={out}"], capsys, f"--out={out} is an existing file")
+  assert out.read_text() == "mine\n" and sorted(os.listdir(tmp_path)) == ["points.csv", "taken"]
+
+
+def test_counts_in_messages_agree_with_their_nouns(tmp_path, capsys):
+  assert (inputs.plural(1, "point"), inputs.plural(2, "point")) == ("1 point", "2 points")
+  path = _write_csv(tmp_path / "one.csv", ["N", "C", "loss"], GOOD_ROWS[:1])
+  err = _main_fails([f"--csv={path}", "--drop_highest_loss=1", f"--out={tmp_path / 'out'}"],
+                    capsys, "which has 1 point;")
+  assert "1 points" not in err
+  with pytest.raises(inputs.NotEnoughData, match="found 0 of 1 budget$"):
+    approach2.fit(_points(np.array([1e6, 2e6]), np.array([1e8, 5e7]), np.array([3.0, 2.9])),
+                  bootstrap=0, seed=0)

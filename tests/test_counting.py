@@ -43,8 +43,14 @@ def test_counts_equal_the_initialized_tree(positions, norm, activation, use_bias
 
 def test_gpt2_small_has_124m_parameters():
   from isoflop.experiments.configs import gpt2_small
-  cfg = causal_lm.decoder_config(gpt2_small.get_config())
+  config = gpt2_small.get_config()
+  cfg = causal_lm.decoder_config(config)
   assert counting.param_counts(cfg)["total"] == 124_439_808  # GPT-2 small, tied, V = 50257
+  config.seq_len = 256  # shorter sequences keep GPT-2's 1,024 positions
+  assert counting.param_counts(causal_lm.decoder_config(config))["total"] == 124_439_808
+  config.seq_len = 2048  # longer ones would change its shape: refused, not grown silently
+  with pytest.raises(ValueError, match="no longer the config's shape"):
+    causal_lm.decoder_config(config)
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])

@@ -297,3 +297,9 @@ def test_bad_data_input_is_one_line_and_writes_nothing(name, tmp_path):
   lines = out.stderr.strip().splitlines()
   assert len(lines) == 1 and expected in lines[0], out.stderr
   assert not (tmp_path / "run").exists()
+
+
+def test_one_document_is_one_document_in_the_split_message():
+  from isoflop.train.data import text
+  with pytest.raises(ValueError, match=r"only 1 document: too few"):
+    text.split_documents(["a single play"], 0.1)

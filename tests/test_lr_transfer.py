@@ -73,3 +73,13 @@ def test_bad_input_is_one_line_exit_2(tmp_path, capsys, content, expected):
   err = capsys.readouterr().err.strip()
   assert code == 2 and len(err.splitlines()) == 1 and expected in err
   assert not (tmp_path / "out").exists()
+
+
+def test_out_that_is_a_file_is_refused_before_reading_the_sweep(tmp_path, capsys):
+  out = tmp_path / "taken"
+  out.write_text("mine\n")
+  # No runs.csv here: the --out error shows that --out is checked first.
+  code = cli.main(["isoflop", "transfer", f"--workdir={tmp_path}", f"--out={out}"])
+  err = capsys.readouterr().err.strip()
+  assert code == 2 and len(err.splitlines()) == 1 and f"--out={out} is an existing file" in err
+  assert out.read_text() == "mine\n" and sorted(p.name for p in tmp_path.iterdir()) == ["taken"]

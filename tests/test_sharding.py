@@ -29,6 +29,13 @@ def test_bad_meshes_are_refused(sizes, message):
     mesh_lib.build_mesh(sizes)
 
 
+def test_device_counts_in_mesh_messages_agree_with_their_nouns():
+  with pytest.raises(ValueError, match=r"= 2 devices, but 1 is available"):
+    mesh_lib.resolve_mesh_shape({"data": 2, "fsdp": 1, "tensor": 1}, 1)
+  with pytest.raises(ValueError, match=r"= 1 device, but 2 are available"):
+    mesh_lib.resolve_mesh_shape({"data": 1, "fsdp": 1, "tensor": 1}, 2)
+
+
 def test_rules_shard_parameters_and_activations_differently():
   rules = rules_lib.get_rules("fsdp_tensor")
   assert nn.logical_to_mesh_axes(("vocab", "embed"), rules) == P("tensor", "fsdp")

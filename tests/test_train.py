@@ -134,3 +134,14 @@ def test_loss_mean_is_the_mean_over_the_log_interval(tiny_config, tmp_path):
                               every_step[6:].mean()], rtol=1e-12)
   logged = [json.loads(line) for line in (tmp_path / "every3" / "metrics.jsonl").open()]
   assert [r["loss_mean"] for r in logged] == [r["loss_mean"] for r in rows]
+
+
+def test_init_from_says_what_it_takes_from_the_source_run(tiny_config, tmp_path, capsys):
+  tiny_config.steps, tiny_config.checkpoint_every = 4, 4
+  loop.train(tiny_config, str(tmp_path / "source"), progress=False)
+  tiny_config.steps, tiny_config.init_from = 6, str(tmp_path / "source" / "checkpoints" / "4")
+  result = loop.train(tiny_config, str(tmp_path / "branch"))
+  out = capsys.readouterr().out
+  assert f"initialized from {tmp_path / 'source' / 'checkpoints' / '4'} (step 4)" in out
+  assert "optimizer state" in out and "continues at step 4" in out
+  assert [r["step"] for r in result.rows if "loss" in r] == [6]

@@ -150,3 +150,34 @@ def test_a_signal_during_start_up_exits_75_at_once(tmp_path, delay_s, stop_signa
     assert not run_dir.exists()
   else:  # training had begun on a fast machine: the usual stop with a checkpoint
     assert f"stopped by {name}" in err and "checkpoint" in err
+
+
+GRID_SWEEP = """
+import ml_collections
+
+def get_sweep():
+  s = ml_collections.ConfigDict()
+  s.kind = "grid"
+  s.config = "experiments/configs/tiny.py"
+  s.grid = {"optimizer": {"lr": (1e-3, 2e-3)}}
+  s.overrides = {"batch_size": 8, "seq_len": 32, "steps": 30, "log_every": 10,
+                 "eval_every": 0, "optimizer": {"warmup_steps": 2}}
+  return s
+"""
+
+
+def test_a_sweep_skips_members_another_process_is_running(tmp_path, capsys):
+  path = tmp_path / "grid.py"
+  path.write_text(GRID_SWEEP)
+  sweep_dir = tmp_path / "sweep"
+  held = [workdir.Lock(str(sweep_dir / name)).acquire() for name in ("lr0.001", "lr0.002")]
+  try:
+    assert cli.main(["isoflop", "sweep", f"--sweep={path}", f"--workdir={sweep_dir}"]) == 1
+  finally:
+    for lock in held:
+      lock.release()
+  out = capsys.readouterr().out
+  assert "0/2 members done" in out
+  assert f"lr0.001: skipped, being run by another process (pid {os.getpid()}" in out
+  for name in ("lr0.001", "lr0.002"):  # neither started nor marked failed
+    assert sorted(p.name for p in (sweep_dir / name).iterdir()) == [workdir.LOCK_NAME]

@@ -80,12 +80,15 @@ def _data_budget(config, source) -> float | None:
   return epochs
 
 
-def _measured_flops(jit_step, task, abstract, batch_shapes) -> dict[str, float]:
+def _measured_flops(jit_step, task, abstract, batch_shapes, lowered_step,
+                    microbatches: int) -> dict[str, float]:
   """FLOPs of one step by XLA's cost analysis, which counts a loop body once: so on the step
   with every loop unrolled (layers and microbatches). ``measured`` is what the step executes,
   rematerialized recomputation included (hardware FLOPs); ``measured_model`` is the same step
   without rematerialization (model FLOPs)."""
   def flops(for_task):
+    if for_task == task and microbatches == 1:  # nothing to unroll: the run's own lowering
+      return float(lowered_step.cost_analysis()["flops"])
     lowered = jit_step(for_task, unroll_microbatches=True).lower(abstract, batch_shapes)
     return float(lowered.cost_analysis()["flops"])
 
@@ -172,10 +175,12 @@ def prepare(config, devices: Sequence[jax.Device] | None = None,
 
     phases.mark("abstract_state")
     start = time.perf_counter()
-    compiled = jit_step(task).lower(abstract, batch_shapes).compile()
+    lowered_step = jit_step(task).lower(abstract, batch_shapes)
+    compiled = lowered_step.compile()
     compile_s = time.perf_counter() - start
     phases.mark("compile_step")
-    measured = _measured_flops(jit_step, task, abstract, batch_shapes)
+    measured = _measured_flops(jit_step, task, abstract, batch_shapes, lowered_step,
+                               config.microbatches)
     phases.mark("cost_analysis")
     compiled_eval = None
     if config.eval_every:

@@ -21,7 +21,8 @@ def decoder_config(config) -> transformer.TransformerConfig:
   model_config = transformer.TransformerConfig(**fields)
   if model_config.positions == "learned" and config.seq_len > model_config.max_len:
     raise ValueError(f"seq_len={config.seq_len} is longer than model.max_len="
-                     f"{model_config.max_len} learned positions; raise model.max_len")
+                     f"{model_config.max_len} learned positions; raise model.max_len "
+                     "(which adds parameters: the model is then no longer the config's shape)")
   return model_config
 
 

@@ -7,6 +7,7 @@ waits on the device only at log intervals, evaluations and checkpoints.
 import dataclasses
 import json
 import os
+import sys
 import time
 from typing import Any, Sequence
 
@@ -152,16 +153,26 @@ def _run(prepared: build.Prepared, workdir: str, stop: preemption.StopRequests,
     run_record.write_json_atomically(config_path, record)
     if progress:
       _print_counts(record)
+      if "branched_from" in record and restored is None:
+        # init_from continues another run: say what came from it, which is all of its state.
+        print(f"initialized from {record['branched_from']['checkpoint']} (step {start_step}): "
+              "parameters, optimizer state, step count (so the learning-rate schedule "
+              f"continues at step {start_step}) and data position; training steps "
+              f"{start_step + 1}..{config.steps}")
       if restored is not None:
         print(f"resuming from the checkpoint at step {start_step}"
               + (" (the run is already complete)" if start_step >= config.steps else ""))
 
   tokens_per_step = prepared.record["tokens_per_step"]
   rows_of_process = process_rows(prepared.batch_sharding, config.batch_size)
-  log = metrics_log.MetricsLog(workdir, resume_step=start_step) if is_main else None
+  # record: the config and counts for W&B, when config.wandb.project turns it on.
+  log = (metrics_log.MetricsLog(workdir, resume_step=start_step, record=record)
+         if is_main else None)
   rows: list[dict[str, Any]] = []
+  # A live bar on a terminal; redirected to a file, one plain line per log interval instead.
+  on_terminal = sys.stderr.isatty()
   bar = tqdm(total=config.steps, initial=start_step, unit="step", dynamic_ncols=True,
-             disable=not (is_main and progress))
+             disable=not (is_main and progress and on_terminal))
   last_time, last_step = time.perf_counter(), start_step
   meter = hardware.EnergyMeter()  # NVIDIA only; elsewhere energy_j is null, not zero
   last_joules = meter.joules()
@@ -225,6 +236,9 @@ def _run(prepared: build.Prepared, workdir: str, stop: preemption.StopRequests,
         if not (np.isfinite(row["loss"]) and np.isfinite(row["grad_norm"])):
           save(done)  # raises NonFiniteError naming the first bad step
         bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.3g}")
+        if is_main and progress and not on_terminal:
+          print(f"step {done}/{config.steps}: loss {row['loss']:.4f}, "
+                f"{row['tokens_per_s']:,.0f} tokens/s", file=sys.stderr, flush=True)
         last_time, last_step = now, done
       if prepared.compiled_eval and (done % config.eval_every == 0 or done == config.steps):
         row = evaluate(done)

@@ -2,7 +2,8 @@
 
 ``metrics.jsonl`` is the record and ``tb/`` is derived from it: a run that resumes drops the
 rows logged after its checkpoint (they are about to be logged again) and rebuilds ``tb/`` from
-the rows kept, so every step is in each exactly once.
+the rows kept, so every step is in each exactly once. With ``config.wandb.project`` set, the rows
+also go to Weights & Biases (``wandb_log``), which cannot drop rows: it gets each step once.
 """
 
 import json
@@ -12,6 +13,8 @@ import shutil
 from typing import Any
 
 import numpy as np
+
+from isoflop.train import wandb_log
 
 
 def _plain(value: Any) -> Any:
@@ -78,20 +81,35 @@ class MetricsLog:
   ``<workdir>/tb``. Each row is flushed so a killed run keeps every row it logged.
 
   Opening it drops the rows logged after ``resume_step`` (the step the run continues from; 0
-  for a fresh start) and rebuilds ``tb/`` from the rows kept."""
+  for a fresh start) and rebuilds ``tb/`` from the rows kept.
 
-  def __init__(self, workdir: str, *, resume_step: int = 0):
+  ``record`` (what config.json holds) with ``config.wandb.project`` set also mirrors the rows
+  to a W&B run, with the config as its config and the counts in its summary; rows kept from
+  before a resume that W&B lacks (it was off until now) are sent first."""
+
+  def __init__(self, workdir: str, *, resume_step: int = 0,
+               record: dict[str, Any] | None = None):
+    # W&B first: if it cannot start, the workdir's files are left untouched.
+    self._wandb = (wandb_log.WandbRun(workdir, record)
+                   if record is not None and wandb_log.enabled(record["config"]) else None)
     path = os.path.join(workdir, "metrics.jsonl")
     kept = _truncate(path, resume_step)
     self._tb = _rebuilt_tensorboard(os.path.join(workdir, "tb"), kept)
     self._file = open(path, "a", encoding="utf-8")
+    if self._wandb is not None:
+      for row in kept:
+        self._wandb.log(row)
 
   def write(self, row: dict[str, Any]) -> None:
     row = {key: _plain(value) for key, value in row.items()}
     self._file.write(json.dumps(row) + "\n")
     self._file.flush()
     _add_to_tensorboard(self._tb, row)
+    if self._wandb is not None:
+      self._wandb.log(row)
 
   def close(self) -> None:
     self._file.close()
     self._tb.close()
+    if self._wandb is not None:
+      self._wandb.close()

@@ -100,6 +100,13 @@ def install_startup_guard(prog: str) -> None:
     _guard = _StartupGuard(prog)
 
 
+def start_up_again() -> None:
+  """A long-lived worker's next run is in start-up again: signals exit at once."""
+  if _guard is not None:
+    with _guard._lock:
+      _guard.received, _guard.exit_at_once, _guard.cleanups = None, True, []
+
+
 def on_startup_exit(cleanup: Callable[[], None]) -> None:
   """Runs ``cleanup`` if a signal ends start-up (e.g. remove a directory start-up created)."""
   if _guard is not None:

@@ -8,7 +8,9 @@ from typing import Any
 # More steps, another mesh or rule table, other logging / checkpoint / eval frequencies.
 SAFE_TO_CHANGE = ("steps", "log_every", "log_layer_norms", "checkpoint_every",
                   "keep_checkpoints", "checkpoint_steps", "init_from", "eval_every",
-                  "mesh.data", "mesh.fsdp", "mesh.tensor", "mesh.rules")
+                  "mesh.data", "mesh.fsdp", "mesh.tensor", "mesh.rules",
+                  # where metrics are mirrored, not what is trained
+                  "wandb.project", "wandb.entity", "wandb.mode", "wandb.group", "wandb.name")
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -4,16 +4,22 @@
   isoflop analyze --csv=points.csv --out=runs/fit [--drop_highest_loss=5] [--bootstrap=200]
   isoflop analyze --workdir=runs/sweep --out=DIR --approach1_points=final
 
-Every fitted value in fit.json is {"value": x, "ci95": [lo, hi]}: a percentile bootstrap
-interval (null without enough replicates). N in parameters, D in tokens, C in FLOPs.
+Every fitted value in fit.json is {"value": x, "ci95": [lo, hi], "identified": bool}: a
+percentile bootstrap interval (null without enough replicates) and whether it pins the value
+down (`powerlaw.IDENTIFIED_RULE`, null without an interval). N in parameters, D in tokens, C in
+FLOPs. numpy's and scipy's warnings (overflow in a wild bootstrap refit, ...) are counted into
+fit.json's `warnings` instead of reaching the terminal.
 """
 
+import collections
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import sys
 import tempfile
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -23,10 +29,16 @@ from isoflop.experiments.analysis import approach2
 from isoflop.experiments.analysis import approach3
 from isoflop.experiments.analysis import figures
 from isoflop.experiments.analysis import inputs
+from isoflop.experiments.analysis import powerlaw
+from isoflop.train import workdir as workdir_lib
 
 PROG = "isoflop analyze"
 EXIT_BAD_INPUT = 2
 CHINCHILLA_BUDGET = 5.76e23  # FLOPs, Chinchilla's training compute (Hoffmann et al. 2022)
+# Without --extrapolate_to, N_opt and D_opt are reported (and the frontiers drawn) up to this
+# factor past the largest compute in the data: further out, the fit says little.
+DEFAULT_EXTRAPOLATION = 10.0
+MAX_WARNING_MESSAGES = 5  # distinct messages kept per phase in fit.json
 APPROACHES = {"approach1": approach1.fit, "approach2": approach2.fit, "approach3": approach3.fit}
 CONTRAST = {"kaplan": ("kaplan", "kaplan"), "chinchilla": ("chinchilla", "chinchilla")}
 CONTRAST_TITLES = {"kaplan": "Kaplan: N without embeddings, C = C_kaplan",
@@ -51,14 +63,42 @@ def _load(csv: str | None, workdir: str | None, n_convention: str, flop_conventi
   return inputs.drop_highest_loss(points, drop_highest_loss)
 
 
+@contextlib.contextmanager
+def counting_warnings(counts: dict, phase: str):
+  """Keeps warnings raised inside off the terminal, counting them by message in counts[phase].
+
+  Wild bootstrap refits overflow and matplotlib warns about empty bands: on the terminal these
+  look like failures of the analysis, which the fits already handle.
+  """
+  seen = counts.setdefault(phase, collections.Counter())
+  with warnings.catch_warnings():
+    warnings.simplefilter("always")  # count every one, not only the first per code line
+    warnings.showwarning = (lambda message, category, *_:
+                            seen.update([f"{category.__name__}: {message}"]))
+    yield
+
+
+def _warnings_json(counts: dict) -> dict:
+  """fit.json's `warnings`: per phase with any, the count and the commonest messages."""
+  return {phase: {"count": sum(seen.values()),
+                  "messages": [m for m, _ in seen.most_common(MAX_WARNING_MESSAGES)]}
+          for phase, seen in counts.items() if seen}
+
+
 def _run(points: inputs.Points, names: Sequence[str], bootstrap: int, seed: int,
-         approach1_points: str = "curves") -> dict:
-  """Each approach's result, or the reason (a string) it was skipped."""
+         approach1_points: str = "curves", warning_counts: dict | None = None,
+         phase_prefix: str = "") -> dict:
+  """Each approach's result, or the reason (a string) it was skipped.
+
+  Warnings are counted into warning_counts[phase_prefix + approach name].
+  """
   options = {"approach1": {"source": approach1_points}}
+  counts = {} if warning_counts is None else warning_counts
   results = {}
   for name in names:
     try:
-      results[name] = APPROACHES[name](points, bootstrap, seed, **options.get(name, {}))
+      with counting_warnings(counts, phase_prefix + name):
+        results[name] = APPROACHES[name](points, bootstrap, seed, **options.get(name, {}))
     except inputs.NotEnoughData as e:
       results[name] = str(e)
   return results
@@ -80,7 +120,7 @@ def _frontier_and_points(result) -> tuple:
 
 
 def _contrast(workdir: str, main_conventions: tuple, main_results: dict, bootstrap: int,
-              seed: int, drop_highest_loss: int) -> tuple[dict, dict]:
+              seed: int, drop_highest_loss: int, warning_counts: dict) -> tuple[dict, dict]:
   """Approaches 2 and 3 under Kaplan's and Chinchilla's conventions: (fit.json part, panels)."""
   part, panels = {"note": PORIAN_NOTE}, {}
   for label, (n_convention, flop_convention) in CONTRAST.items():
@@ -92,10 +132,12 @@ def _contrast(workdir: str, main_conventions: tuple, main_results: dict, bootstr
       except inputs.AnalysisInputError as e:
         part[label] = {"skipped": True, "reason": str(e)}
         continue
-      results = _run(points, ("approach2", "approach3"), bootstrap, seed)
+      results = _run(points, ("approach2", "approach3"), bootstrap, seed,
+                     warning_counts=warning_counts, phase_prefix=f"contrast {label} ")
     entry = {"n_convention": n_convention, "flop_convention": flop_convention}
     for name, result in results.items():
-      entry[name] = _as_json(result, CHINCHILLA_BUDGET)
+      with counting_warnings(warning_counts, "contrast"):
+        entry[name] = _as_json(result, CHINCHILLA_BUDGET)
       if not isinstance(result, str):
         entry[name] = {"a": entry[name]["a"]}
     part[label] = entry
@@ -132,64 +174,106 @@ def write_json_atomically(path: str, payload: dict) -> None:
     raise
 
 
+def default_extrapolation(c_range: tuple[float, float]) -> float:
+  """Where N_opt and D_opt are reported without --extrapolate_to: a decade past the data."""
+  return DEFAULT_EXTRAPOLATION * c_range[1]
+
+
+def _compute_range(points: inputs.Points, frontiers: dict) -> tuple[float, float]:
+  """The compute (FLOPs) of the points and of the approaches' optima."""
+  # The envelope of Approach 1 reaches below the smallest final compute.
+  c_seen = [points.table["C"].to_numpy()] + [p[0] for _, p in frontiers.values()
+                                              if p is not None]
+  return float(min(c.min() for c in c_seen)), float(max(c.max() for c in c_seen))
+
+
+def _check_out(out: str) -> None:
+  try:
+    workdir_lib.check_writable(out, flag="--out")
+  except workdir_lib.WorkdirError as e:
+    raise inputs.AnalysisInputError(str(e)) from None
+
+
 def run_analysis(*, out: str, csv: str | None = None, workdir: str | None = None,
                  n_convention: str = "chinchilla", flop_convention: str = "chinchilla",
-                 bootstrap: int = 200, seed: int = 0, extrapolate_to: float = CHINCHILLA_BUDGET,
+                 bootstrap: int = 200, seed: int = 0, extrapolate_to: float | None = None,
                  drop_highest_loss: int = 0, approach1_points: str = "curves") -> Analysis:
   """Fits the three approaches, writes the figures then fit.json into `out`.
 
-  Raises AnalysisInputError on bad input, or when no approach can run; fit.json is then left
-  as it was.
+  `extrapolate_to` (FLOPs) is where N_opt and D_opt are reported and how far the frontiers are
+  drawn; None: `default_extrapolation` of the data. Raises AnalysisInputError on bad input
+  (an --out that cannot be written included, checked first), or when no approach can run;
+  nothing is written then.
   """
   if (csv is None) == (workdir is None):
     raise inputs.AnalysisInputError("pass exactly one of --csv=FILE and --workdir=SWEEP_DIR")
   if bootstrap < 0 or drop_highest_loss < 0:
     raise inputs.AnalysisInputError("--bootstrap and --drop_highest_loss must be >= 0")
-  if not (math.isfinite(extrapolate_to) and extrapolate_to > 0):
+  if extrapolate_to is not None and not (math.isfinite(extrapolate_to) and extrapolate_to > 0):
     raise inputs.AnalysisInputError(f"--extrapolate_to={extrapolate_to} must be positive FLOPs")
+  _check_out(out)
   points = _load(csv, workdir, n_convention, flop_convention, drop_highest_loss)
-  results = _run(points, list(APPROACHES), bootstrap, seed, approach1_points)
+  warning_counts: dict = {}
+  results = _run(points, list(APPROACHES), bootstrap, seed, approach1_points, warning_counts)
   if all(isinstance(r, str) for r in results.values()):
     reasons = "; ".join(f"{k}: {r}" for k, r in results.items())
-    raise inputs.AnalysisInputError(f"no approach can run on the {len(points.table)} points "
-                                    f"of {points.source}: {reasons}")
+    raise inputs.AnalysisInputError(
+        f"no approach can run on the {inputs.plural(len(points.table), 'point')} of "
+        f"{points.source}: {reasons}")
+  ran = {k: r for k, r in results.items() if not isinstance(r, str)}
+  frontiers = {k: _frontier_and_points(r) for k, r in ran.items()}
+  c_range = _compute_range(points, frontiers)
+  extrapolated_by = "--extrapolate_to" if extrapolate_to is not None else (
+      f"default: {DEFAULT_EXTRAPOLATION:g} x the largest compute in the data")
+  if extrapolate_to is None:
+    extrapolate_to = default_extrapolation(c_range)
   fit = {"inputs": {"count": len(points.table), "source": points.source,
-                    "loss_column": points.loss_column, "dropped_highest_loss": drop_highest_loss},
+                    "loss_column": points.loss_column, "dropped_highest_loss": drop_highest_loss,
+                    "compute": points.compute_label},
          "n_convention": n_convention, "flop_convention": flop_convention,
          "bootstrap": bootstrap, "seed": seed, "extrapolate_to": extrapolate_to,
-         "approach1_points": approach1_points}
-  fit.update({name: _as_json(result, extrapolate_to) for name, result in results.items()})
-  ran = {k: r for k, r in results.items() if not isinstance(r, str)}
+         "extrapolate_to_from": extrapolated_by, "approach1_points": approach1_points,
+         "identified_rule": powerlaw.IDENTIFIED_RULE}
+  for name, result in results.items():
+    with counting_warnings(warning_counts, name):
+      fit[name] = _as_json(result, extrapolate_to)
   panels = {}
   if workdir is not None:
     fit["contrast"], panels = _contrast(workdir, (n_convention, flop_convention), results,
-                                        bootstrap, seed, drop_highest_loss)
+                                        bootstrap, seed, drop_highest_loss, warning_counts)
 
   os.makedirs(out, exist_ok=True)
   table = points.table
-  frontiers = {k: _frontier_and_points(r) for k, r in ran.items()}
-  # The envelope of Approach 1 reaches below the smallest final compute.
-  c_seen = [table["C"].to_numpy()] + [p[0] for _, p in frontiers.values() if p is not None]
-  c_range = (float(min(c.min() for c in c_seen)), float(max(c.max() for c in c_seen)))
   paths = []
-  if "approach2" in ran:
-    paths += figures.isoflop_curves(ran["approach2"], out)
-  paths += figures.optimal_scaling(frontiers, c_range, extrapolate_to, out)
-  if "approach3" in ran:
-    paths += figures.approach3_contours(ran["approach3"], table["N"].to_numpy(),
-                                        table["C"].to_numpy(), out)
-  if panels:
-    paths += figures.contrast(panels, c_range, out)
+  with counting_warnings(warning_counts, "figures"):
+    # Drawn even when Approach 2 is skipped: the profiles show what the sweep lacks.
+    skipped = results.get("approach2") if isinstance(results.get("approach2"), str) else None
+    profiles = (ran["approach2"].profiles if "approach2" in ran
+                else approach2.budget_profiles(table))
+    paths += figures.isoflop_curves(profiles, out, skipped)
+    paths += figures.optimal_scaling(frontiers, c_range, extrapolate_to, out,
+                                     points.compute_label)
+    if "approach3" in ran:
+      paths += figures.approach3_contours(ran["approach3"], table["N"].to_numpy(),
+                                          table["C"].to_numpy(), out, points.compute_label)
+    if panels:
+      paths += figures.contrast(panels, c_range, out)
   fit["figures"] = [os.path.basename(p) for p in paths]
+  fit["warnings"] = _warnings_json(warning_counts)
   fit_path = os.path.join(out, "fit.json")
   write_json_atomically(fit_path, fit)
   return Analysis(fit, paths + [fit_path])
 
 
+POORLY_IDENTIFIED = "(poorly identified)"
+
+
 def _interval(estimate: dict, digits: int = 4) -> str:
   value, ci = estimate["value"], estimate["ci95"]
   text = f"{value:.{digits}g}"
-  return text + (f" [{ci[0]:.{digits}g}, {ci[1]:.{digits}g}]" if ci else "")
+  text += f" [{ci[0]:.{digits}g}, {ci[1]:.{digits}g}]" if ci else ""
+  # Older fit.json files have no "identified": nothing to flag there.
+  return text + (f" {POORLY_IDENTIFIED}" if estimate.get("identified") is False else "")
 
 
 def summary(fit: dict) -> list[str]:
@@ -216,6 +300,15 @@ def summary(fit: dict) -> list[str]:
       parts = [f"{k} a = {_interval(v['a'], 3)}" for k, v in entry.items()
                if isinstance(v, dict) and "a" in v]
       lines.append(f"contrast {label}: " + ("; ".join(parts) or "no approach ran"))
+  if any(POORLY_IDENTIFIED in line for line in lines):
+    lines.append(f"{POORLY_IDENTIFIED}: the 95% interval spans more than a factor of "
+                 f"{powerlaw.MAX_SCALE_RATIO:g} (exponents: more than "
+                 f"{powerlaw.MAX_EXPONENT_WIDTH:g}), or too many bootstrap refits failed; the "
+                 "data do not pin these values down (fit.json: identified_rule)")
+  count = sum(phase["count"] for phase in fit.get("warnings", {}).values())
+  if count:
+    lines.append(f"{inputs.plural(count, 'numerical warning')} (overflow in bootstrap refits and "
+                 "the like) kept off the terminal: see fit.json's warnings")
   return lines
 
 
@@ -236,8 +329,10 @@ def _flags():
   flags.DEFINE_integer("bootstrap", 200, "bootstrap resamples for the 95% intervals",
                        lower_bound=0, **define)
   flags.DEFINE_integer("seed", 0, "seed of the bootstrap", **define)
-  flags.DEFINE_float("extrapolate_to", CHINCHILLA_BUDGET, "compute (FLOPs) at which to report "
-                     "N_opt and D_opt", **define)
+  flags.DEFINE_float("extrapolate_to", None, "compute (FLOPs) at which to report N_opt and "
+                     "D_opt, and up to which the optimal-scaling figure draws the frontiers; "
+                     f"default {DEFAULT_EXTRAPOLATION:g} x the data's largest compute (a "
+                     f"decade), e.g. {CHINCHILLA_BUDGET:g} for Chinchilla's budget", **define)
   flags.DEFINE_integer("drop_highest_loss", 0, "drop this many highest-loss points first",
                        lower_bound=0, **define)
   flags.DEFINE_enum("approach1_points", "curves", list(approach1.SOURCES),

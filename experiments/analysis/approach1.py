@@ -48,8 +48,9 @@ def final_point_curves(table: pd.DataFrame) -> tuple[inputs.Curve, ...]:
       continue
     runs = runs.sort_values("D", kind="stable")
     flops_per_token = float(np.exp(np.mean(np.log(runs["C"] / runs["D"]))))
-    curves.append(inputs.Curve(f"N={n:.6g} ({len(runs)} runs)", float(n), flops_per_token,
-                               runs["D"].to_numpy(float), runs["loss"].to_numpy(float)))
+    name = f"N={n:.6g} ({inputs.plural(len(runs), 'run')})"
+    curves.append(inputs.Curve(name, float(n), flops_per_token, runs["D"].to_numpy(float),
+                               runs["loss"].to_numpy(float)))
   return tuple(curves)
 
 
@@ -81,7 +82,8 @@ def _frontier(curves: tuple[inputs.Curve, ...]) -> tuple[powerlaw.Frontier, pd.D
   if points["N_opt"].nunique() < 2:
     raise inputs.NotEnoughData(
         "the lower envelope of the training curves has its minimum at fewer than 2 run sizes "
-        f"(with smaller and larger runs reaching the same compute); {len(curves)} runs")
+        f"(with smaller and larger runs reaching the same compute); "
+        f"{inputs.plural(len(curves), 'run')}")
   frontier = powerlaw.frontier_from_points(*(points[k].to_numpy() for k in ("C", "N_opt",
                                                                              "D_opt")))
   return frontier, points

@@ -100,12 +100,18 @@ def group_budgets(table: pd.DataFrame) -> list[np.ndarray]:
   return sorted(groups, key=lambda rows: float(np.mean(np.log(table["C"].to_numpy()[rows]))))
 
 
+def budget_profiles(table: pd.DataFrame) -> list[Profile]:
+  """Each budget's profile, by increasing compute (also when too few are usable for a fit)."""
+  n, d, c, loss = (table[k].to_numpy() for k in ("N", "D", "C", "loss"))
+  return [profile(n[rows], d[rows], c[rows], loss[rows]) for rows in group_budgets(table)]
+
+
 def _frontier(profiles: list[Profile]) -> powerlaw.Frontier:
   usable = [p for p in profiles if p.rejected is None]
   if len(usable) < 2:
     raise inputs.NotEnoughData(
         f"needs >= 2 compute budgets with >= {MIN_SIZES} distinct N and an upward parabola; "
-        f"found {len(usable)} of {len(profiles)} budgets")
+        f"found {len(usable)} of {inputs.plural(len(profiles), 'budget')}")
   return powerlaw.frontier_from_points(*optima(usable))
 
 
@@ -149,11 +155,9 @@ class Result:
 
 def fit(points: inputs.Points, bootstrap: int, seed: int) -> Result:
   """Approach 2 on the final points; raises NotEnoughData when it cannot run."""
-  table = points.table
-  n, d, c, loss = (table[k].to_numpy() for k in ("N", "D", "C", "loss"))
-  profiles = [profile(n[rows], d[rows], c[rows], loss[rows]) for rows in group_budgets(table)]
-  frontier = _frontier(profiles)
-  used = [p for p in profiles if p.rejected is None]
+  budgets = budget_profiles(points.table)
+  frontier = _frontier(budgets)
+  used = [p for p in budgets if p.rejected is None]
 
   def replicate(rng: np.random.Generator) -> powerlaw.Frontier:
     resampled = []
@@ -163,5 +167,5 @@ def fit(points: inputs.Points, bootstrap: int, seed: int) -> Result:
     return _frontier(resampled)
 
   replicates = powerlaw.bootstrap(replicate, bootstrap if len(used) >= 3 else 0, seed)
-  return Result(tuple(profiles), powerlaw.with_samples(frontier, replicates), len(replicates),
-                budget_column="budget" in table)
+  return Result(tuple(budgets), powerlaw.with_samples(frontier, replicates), len(replicates),
+                budget_column="budget" in points.table)

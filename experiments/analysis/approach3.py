@@ -173,7 +173,8 @@ class Result:
 
   def to_json(self, extrapolate_to: float) -> dict:
     replicate_values = [s.values() for s in self.samples]
-    result = {k: powerlaw.estimate(v, [r[k] for r in replicate_values])
+    result = {k: powerlaw.estimate(v, [r[k] for r in replicate_values],
+                                   exponent=k in powerlaw.EXPONENTS)
               for k, v in self.optimum.values().items()}
     at = self.frontier().at(extrapolate_to)
     return {

@@ -20,6 +20,18 @@ FLOP_CONVENTIONS = conventions.FLOP_CONVENTIONS
 # Epoch AI's extraction of Hoffmann et al.'s Figure 4 names its columns this way.
 REFERENCE_COLUMNS = {"Model Size": "N", "Training FLOP": "C"}
 NO_CURVES = "needs training curves (a sweep workdir), not final points"
+# How the points' C was obtained, as the figures' compute axes name it.
+CSV_COMPUTE = "training compute C (FLOPs, the CSV's C column)"
+CSV_SIX_N_D = "training compute C = 6 N D (FLOPs; the CSV gives D, not C)"
+SWEEP_COMPUTE = "training compute C (FLOPs under the {} convention: runs.csv's C_{})"
+GRID_SWEEP = ("{} is a grid sweep (sweep.json kind \"grid\"): its runs have no compute budgets "
+              "to fit scaling laws to; for a learning rate x width grid run `isoflop transfer "
+              "--workdir={} --out=DIR`")
+
+
+def plural(count: int, noun: str) -> str:
+  """`1 point`, `2 points`: the count with its noun in the right number."""
+  return f"{count} {noun}{'' if count == 1 else 's'}"
 
 
 class AnalysisInputError(ValueError):
@@ -53,6 +65,7 @@ class Points:
   loss_column: str
   curves: tuple[Curve, ...] | None = None
   no_curves_reason: str = NO_CURVES
+  compute_label: str = "training compute C (FLOPs)"  # what C is, for the figures' axes
 
 
 def _numeric(frame: pd.DataFrame, column: str) -> pd.Series:
@@ -109,7 +122,19 @@ def from_csv(path: str) -> Points:
   table = pd.DataFrame({c: _numeric(frame, c) for c in columns})
   labels = pd.Series([f"line {i + 2}" for i in range(len(table))])
   _check_positive(table, {c: frame[c] for c in columns}, labels, path)
-  return Points(table=_complete(table), source=path, loss_column="loss")
+  compute_label = CSV_COMPUTE if "C" in table else CSV_SIX_N_D
+  return Points(table=_complete(table), source=path, loss_column="loss",
+                compute_label=compute_label)
+
+
+def sweep_kind(workdir: str) -> str | None:
+  """The `kind` that the sweep's sweep.json records (isoflop, ladder, grid), or None."""
+  try:
+    with open(os.path.join(workdir, "sweep.json"), encoding="utf-8") as f:
+      kind = json.load(f)["sweep"]["kind"]
+  except (OSError, ValueError, KeyError, TypeError):
+    return None
+  return kind if isinstance(kind, str) else None
 
 
 def _schedule(record: dict) -> str | None:
@@ -154,6 +179,8 @@ def from_sweep(workdir: str, n_convention: str = "chinchilla",
                              f"N: {N_CONVENTIONS}, FLOPs: {FLOP_CONVENTIONS}")
   path = os.path.join(workdir, "runs.csv")
   frame = _read_csv(path, "sweep table")
+  if sweep_kind(workdir) == "grid":
+    raise AnalysisInputError(GRID_SWEEP.format(workdir, workdir))
   n_column, c_column = f"N_{n_convention}", f"C_{flop_convention}"
   needed = ["name", "workdir", "status", n_column, "D", c_column, "final_train_loss"]
   missing = [c for c in needed if c not in frame]
@@ -169,7 +196,9 @@ def from_sweep(workdir: str, n_convention: str = "chinchilla",
   loss_column = "final_eval_loss" if use_eval else "final_train_loss"
   table = pd.DataFrame({"N": _numeric(done, n_column), "D": _numeric(done, "D"),
                         "C": _numeric(done, c_column), "loss": _numeric(done, loss_column)})
-  if "budget" in done:
+  # Only isoflop members have a budget; a ladder's column is empty, and Approach 2 then
+  # groups the runs by their C.
+  if "budget" in done and _numeric(done, "budget").notna().any():
     table["budget"] = _numeric(done, "budget")
   labels = "run " + done["name"].astype(str)
   raw = {"N": done[n_column], "D": done["D"], "C": done[c_column], "loss": done[loss_column]}
@@ -180,9 +209,12 @@ def from_sweep(workdir: str, n_convention: str = "chinchilla",
                                flop_convention)
                    for name, run_dir, n in zip(table["name"], done["workdir"], table["N"],
                                                strict=True))
-    return Points(table, workdir, loss_column, curves)
   except NotEnoughData as e:
-    return Points(table, workdir, loss_column, None, str(e))
+    curves, no_curves_reason = None, str(e)
+  else:
+    no_curves_reason = NO_CURVES
+  return Points(table, workdir, loss_column, curves, no_curves_reason,
+                SWEEP_COMPUTE.format(flop_convention, flop_convention))
 
 
 def drop_highest_loss(points: Points, count: int) -> Points:
@@ -190,8 +222,9 @@ def drop_highest_loss(points: Points, count: int) -> Points:
   if count <= 0:
     return points
   if count >= len(points.table):
-    raise AnalysisInputError(f"--drop_highest_loss={count} would drop all "
-                             f"{len(points.table)} points of {points.source}")
+    raise AnalysisInputError(f"--drop_highest_loss={count} would leave no point of "
+                             f"{points.source}, which has {plural(len(points.table), 'point')}; "
+                             "pass a smaller number")
   # A stable sort keeps the first of tied rows, so the choice does not depend on the platform.
   order = np.argsort(points.table["loss"].to_numpy(), kind="stable")
   table = points.table.iloc[np.sort(order[:-count])].reset_index(drop=True)

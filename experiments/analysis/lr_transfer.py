@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from isoflop.experiments.analysis import analyze
+from isoflop.train import workdir as workdir_lib
 
 PROG = "isoflop transfer"
 
@@ -130,6 +131,8 @@ def figure(result: dict[str, Any], path: str) -> None:
 
 
 def run(workdir: str, out: str) -> dict[str, Any]:
+  """Raises ValueError, in one line, on bad input; an unwritable `out` before reading anything."""
+  workdir_lib.check_writable(out, flag="--out")
   table, loss_column = load(workdir)
   result = analyse(table, loss_column)
   result["source"] = os.path.abspath(os.path.join(workdir, "runs.csv"))
@@ -158,6 +161,9 @@ def main(argv: Sequence[str]) -> int:
     result = run(flag_values.workdir, flag_values.out)
   except ValueError as e:
     print(f"{PROG}: error: {e}", file=sys.stderr)
+    return 2
+  except OSError as e:  # e.g. a disk that fills while writing
+    print(f"{PROG}: error: {' '.join(str(e).split())}", file=sys.stderr)
     return 2
   for name, entry in result["parametrizations"].items():
     best = {w: e["optimum"]["lr"] for w, e in sorted(entry["widths"].items(),

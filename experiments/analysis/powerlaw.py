@@ -2,7 +2,8 @@
 
 Shared by Approaches 1 and 2 (and used for Approach 3's frontier): x is the compute C in
 training FLOPs, y is N_opt (parameters) or D_opt (tokens). Intervals are the 2.5th and 97.5th
-percentiles of the bootstrap replicates.
+percentiles of the bootstrap replicates. Each estimate also says whether its interval pins the
+value down (`IDENTIFIED_RULE`): a fit can converge to a number that the data do not determine.
 """
 
 import dataclasses
@@ -14,6 +15,19 @@ import scipy.stats
 from isoflop.experiments.analysis import inputs
 
 T = TypeVar("T")
+
+# Exponents are compared by the width of their interval; every other fitted value is a positive
+# scale (A, B, E, G, kappa, N_opt, ...) and is compared by the ratio of its interval's ends.
+EXPONENTS = frozenset({"a", "b", "alpha", "beta", "phi"})
+MAX_SCALE_RATIO = 100.0  # two decades
+MAX_EXPONENT_WIDTH = 0.5  # half the range [0, 1] that a and b can take
+MAX_NON_FINITE = 0.025  # the share of replicates that one tail of a 95% interval may hold
+IDENTIFIED_RULE = (
+    f"identified: false when the 95% interval spans more than a factor of "
+    f"{MAX_SCALE_RATIO:g} (hi/lo, positive scales: E, A, B, G, G_prime, kappa, N_opt, D_opt) "
+    f"or more than {MAX_EXPONENT_WIDTH:g} (hi - lo, exponents: {', '.join(sorted(EXPONENTS))}), "
+    f"or when more than {MAX_NON_FINITE:.1%} of the bootstrap refits gave a non-finite value; "
+    "null when there is no interval")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,9 +80,25 @@ def interval(samples: Sequence[float]) -> list[float] | None:
   return [float(low), float(high)]
 
 
-def estimate(value: float, samples: Sequence[float]) -> dict:
-  """The fit.json form of a fitted value: {"value": x, "ci95": [lo, hi] or null}."""
-  return {"value": float(value), "ci95": interval(samples)}
+def identified(samples: Sequence[float], exponent: bool) -> bool | None:
+  """Whether the bootstrap pins the value down, by `IDENTIFIED_RULE`; None without an interval."""
+  ci = interval(samples)
+  if ci is None:
+    return None
+  values = np.asarray(samples, float)
+  if np.mean(~np.isfinite(values)) > MAX_NON_FINITE:  # the interval would hide these
+    return False
+  low, high = ci
+  if exponent:
+    return bool(high - low <= MAX_EXPONENT_WIDTH)
+  return bool(low > 0 and high / low <= MAX_SCALE_RATIO)
+
+
+def estimate(value: float, samples: Sequence[float], exponent: bool = False) -> dict:
+  """The fit.json form of a fitted value: {"value": x, "ci95": [lo, hi] or null, "identified":
+  true, false, or null without an interval}; `exponent` picks the rule for exponents."""
+  return {"value": float(value), "ci95": interval(samples),
+          "identified": identified(samples, exponent)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,8 +128,8 @@ class Frontier:
     """Exponents and coefficients: N_opt = G * C**a, D_opt = G_prime * C**b (C in FLOPs)."""
     return {
         "law": "N_opt = G * C**a, D_opt = G_prime * C**b (C in FLOPs)",
-        "a": estimate(self.n_opt.exponent, [s.exponent for s in self.n_samples]),
-        "b": estimate(self.d_opt.exponent, [s.exponent for s in self.d_samples]),
+        "a": estimate(self.n_opt.exponent, [s.exponent for s in self.n_samples], exponent=True),
+        "b": estimate(self.d_opt.exponent, [s.exponent for s in self.d_samples], exponent=True),
         "G": estimate(self.n_opt.coefficient, [s.coefficient for s in self.n_samples]),
         "G_prime": estimate(self.d_opt.coefficient, [s.coefficient for s in self.d_samples]),
     }

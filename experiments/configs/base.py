@@ -109,4 +109,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.mesh.fsdp = 1
   c.mesh.tensor = 1
   c.mesh.rules = "fsdp_tensor"  # fsdp_tensor | replicated (sharding/rules.py)
+
+  # Weights & Biases mirror of metrics.jsonl (train/wandb_log.py); needs isoflop[wandb].
+  c.wandb = ml_collections.ConfigDict()
+  c.wandb.project = config_dict.placeholder(str)  # None: W&B off (and wandb not imported)
+  c.wandb.entity = config_dict.placeholder(str)  # None: the W&B account's default
+  c.wandb.mode = "online"  # online | offline (sync later with `wandb sync`) | disabled
+  c.wandb.group = config_dict.placeholder(str)  # None: $ISOFLOP_SWEEP_NAME (a sweep's members)
+  c.wandb.name = config_dict.placeholder(str)  # None: the workdir's name
   return c

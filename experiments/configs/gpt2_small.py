@@ -15,6 +15,9 @@ def get_config():
   m.n_layers = 12
   m.n_heads = 12
   m.positions = "learned"
+  # GPT-2's 1,024 learned positions, fixed: a longer seq_len is refused rather than silently
+  # growing the position table (which would no longer be GPT-2's shape or 124M parameters).
+  m.max_len = 1024
   m.norm = "layernorm"
   m.activation = "gelu"
   m.use_bias = True

@@ -92,7 +92,8 @@ def split_documents(documents: Sequence[str], eval_fraction: float) -> tuple[lis
     raise ValueError(f"data.eval_fraction={eval_fraction} must be in [0, 1)")
   n_eval = math.ceil(eval_fraction * len(documents)) if eval_fraction else 0
   if n_eval >= len(documents):
-    raise ValueError(f"only {len(documents)} documents: too few to hold out "
+    count = f"{len(documents)} document" + ("s" if len(documents) != 1 else "")
+    raise ValueError(f"only {count}: too few to hold out "
                      f"{eval_fraction:.0%} for evaluation; add text or lower data.eval_fraction")
   digests = [hashlib.sha256(d.encode("utf-8")).digest() for d in documents]
   ranked = sorted(range(len(documents)), key=lambda i: (digests[i], i))
