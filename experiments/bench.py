@@ -24,7 +24,8 @@ def utilization(flops_per_step: float, step_time_s: float, peak_per_device: floa
   return flops_per_step / step_time_s / (peak_per_device * n_devices)
 
 
-def run(config, out_path: str, steps: int, warmup: int, flop_convention: str) -> dict:
+def run(config, out_path: str, steps: int, warmup: int, flop_convention: str,
+        peak_flops: float | None = None) -> dict:
   import flax.linen as nn
   import jax
 
@@ -57,7 +58,10 @@ def run(config, out_path: str, steps: int, warmup: int, flop_convention: str) ->
   tokens_per_step = record["tokens_per_step"]
   device = next(iter(devices))
   n_devices = prepared.mesh.devices.size
-  peak, peak_source = hardware.peak_bf16_flops(device.device_kind)
+  if peak_flops:  # the user's figure for a device the table does not know
+    peak, peak_source = peak_flops, "--peak_flops (command line)"
+  else:
+    peak, peak_source = hardware.peak_bf16_flops(device.device_kind)
   # An ensemble step trains ``ensemble`` models; the record's FLOPs are per model.
   flops_per_step = record["flops_per_step"][flop_convention] * config.ensemble
   hardware_flops_per_step = record["flops_per_step"][conventions.MEASURED] * config.ensemble
@@ -116,16 +120,22 @@ def main(argv) -> int:
     flags.DEFINE_integer("warmup", 3, "untimed steps after compiling", flag_values=flag_values)
     flags.DEFINE_enum("flop_convention", "palm", list(conventions.FLOP_CONVENTIONS),
                       "FLOPs per step used for MFU", flag_values=flag_values)
+    flags.DEFINE_float("peak_flops", None, "peak FLOP/s of one device, for MFU on a device "
+                       "the built-in table does not know (e.g. 1.979e15 for dense FP8 on "
+                       "an H100); overrides the table", flag_values=flag_values)
 
   flag_values = cli.parse_config(argv, define)
   if flag_values.steps <= 0 or flag_values.warmup < 0:
     raise cli.UsageError("--steps must be positive and --warmup non-negative")
+  if flag_values.peak_flops is not None and flag_values.peak_flops <= 0:
+    raise cli.UsageError(f"--peak_flops={flag_values.peak_flops} must be a positive FLOP/s "
+                         "figure per device, e.g. --peak_flops=9.89e14")
   cli.check_output(flag_values.out, "--out", is_file=True)
   from isoflop.train import compile_cache
   compile_cache.enable()
   try:
     run(flag_values.config, flag_values.out, flag_values.steps, flag_values.warmup,
-        flag_values.flop_convention)
+        flag_values.flop_convention, flag_values.peak_flops)
   except ValueError as e:
     raise cli.UsageError(cli.one_line(e)) from None
   return 0

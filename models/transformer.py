@@ -124,6 +124,14 @@ class TransformerConfig:
     return 4 * self.d_model if self.d_ff is None else self.d_ff
 
 
+def _lookup(table_TD: jax.Array, ids_BL: jax.Array, rows: str, dtype) -> jax.Array:
+  """Rows of an embedding table, gathered from a table whose embed dimension is first
+  all-gathered (as FSDP gathers every parameter before use): gathering straight from an
+  embed-sharded table makes XLA rematerialize the whole result to reshard it by batch."""
+  table_TD = logical.constrain(table_TD, (rows, None))
+  return jnp.take(table_TD.astype(dtype), ids_BL, axis=0)
+
+
 def _normal(std: float):
   return nn.initializers.normal(stddev=std)
 
@@ -182,12 +190,13 @@ class Decoder(nn.Module):
         cfg.padded_vocab, cfg.d_model, dtype=dtype, param_dtype=param_dtype,
         embedding_init=nn.with_logical_partitioning(_normal(cfg.init_std), ("vocab", "embed")),
         name="embed")
-    x_BLD = embed(tokens_BL)
+    x_BLD = _lookup(embed.embedding, tokens_BL, "vocab", dtype)
     if cfg.positions == "learned":
-      x_BLD = x_BLD + nn.Embed(
+      position_embed = nn.Embed(
           cfg.max_len, cfg.d_model, dtype=dtype, param_dtype=param_dtype,
           embedding_init=nn.with_logical_partitioning(_normal(cfg.init_std), ("length", "embed")),
-          name="position_embed")(positions_BL)
+          name="position_embed")
+      x_BLD = x_BLD + _lookup(position_embed.embedding, positions_BL, "length", dtype)
     self.sow("intermediates", "embedding", x_BLD)
     x_BLD = nn.Dropout(cfg.dropout, deterministic=not train)(x_BLD)
     x_BLD = logical.constrain(x_BLD, ("batch", "length", "embed"))

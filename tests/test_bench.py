@@ -30,6 +30,19 @@ def test_bench_on_cpu_writes_the_contract(tmp_path):
   assert result["joules_per_token"] is None and result["average_watts"] is None
   assert {"jax", "jaxlib", "flax"} <= set(result["versions"])
   assert result["device"]["platform"] == "cpu"
+  assert "--peak_flops" in out.stderr  # the warning says how to give the peak
+
+
+def test_a_peak_on_the_command_line_gives_mfu(tmp_path, capsys):
+  from isoflop.experiments import cli
+  assert cli.main(["isoflop", "bench", "--config=experiments/configs/tiny.py",
+                   f"--out={tmp_path}/b.json", "--steps=2", "--warmup=1",
+                   "--peak_flops=1e9"]) == 0
+  result = json.loads((tmp_path / "b.json").read_text())
+  assert result["peak_flops_per_device"] == 1e9
+  assert result["peak_flops_source"] == "--peak_flops (command line)"
+  expected = result["flops_per_step"] / result["step_time_s"] / (1e9 * result["device"]["count"])
+  assert result["mfu"] == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("kind, peak", [

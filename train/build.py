@@ -151,13 +151,15 @@ def prepare(config, devices: Sequence[jax.Device] | None = None,
                   for k, v in example.items()}
   phases.mark("data")
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    param_specs = nn.get_partition_spec(state_lib.abstract_params(task, batch_shapes))
+    boxed_params = state_lib.abstract_params(task, batch_shapes)
+    param_specs = nn.get_partition_spec(boxed_params)
     rules_lib.check_names(param_specs, rules, config.mesh.rules)
     roles = param_roles.label(param_specs)  # weight decay, muP, per-layer norms all ask this
     tx, schedule = optimizers.make_optimizer(
         config.optimizer, config.steps, roles, task.lr_multipliers(config.optimizer.name, roles))
     shapes, _, shardings = state_lib.abstract_state(
-        task, tx, batch_shapes, mesh, rules, ensemble=config.ensemble)
+        task, tx, batch_shapes, mesh, rules, ensemble=config.ensemble,
+        boxed_params=boxed_params)
     rules_lib.check_divisible(shapes, shardings)
     abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                             shapes, shardings)

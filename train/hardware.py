@@ -25,7 +25,8 @@ def peak_bf16_flops(device_kind: str) -> tuple[float | None, str | None]:
     if re.search(pattern, device_kind):
       return peak, source
   warnings.warn(f"no peak FLOP/s known for device {device_kind!r}: MFU is reported as null; "
-                "add it to train/hardware.py with its source", stacklevel=2)
+                "pass the device's peak as isoflop bench --peak_flops=<FLOP/s per device>",
+                stacklevel=2)
   return None, None
 
 

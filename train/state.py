@@ -46,14 +46,16 @@ def abstract_params(task, batch_shapes) -> Any:
   return jax.eval_shape(_params_fn(task, batch_shapes), jax.random.key(0))
 
 
-def abstract_state(task, tx, batch_shapes, mesh: Mesh, rules, ensemble: int = 1
-                   ) -> tuple[Any, Any, Any]:
+def abstract_state(task, tx, batch_shapes, mesh: Mesh, rules, ensemble: int = 1,
+                   boxed_params: Any = None) -> tuple[Any, Any, Any]:
   """(shapes, logical PartitionSpecs of one member, NamedShardings) of the state; allocates
   nothing. Optimizer-state leaves shaped like a parameter take that parameter's spec (found by
-  ``optax.tree_map_params``), the rest are replicated. With ``ensemble`` > 1 every array gets a
+  ``optax.tree_map_params``), the rest are replicated. ``boxed_params``: ``abstract_params``'s
+  result, if already at hand. With ``ensemble`` > 1 every array gets a
   leading, unsharded seed axis."""
   shapes = jax.eval_shape(_init_fn(task, tx, batch_shapes), jax.random.key(0))
-  boxed_params = abstract_params(task, batch_shapes)
+  if boxed_params is None:  # the caller's, when it traced them already
+    boxed_params = abstract_params(task, batch_shapes)
   is_spec = lambda x: isinstance(x, PartitionSpec)  # noqa: E731
   param_specs = nn.get_partition_spec(boxed_params)
   masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731  a group's absent params
