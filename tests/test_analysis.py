@@ -59,6 +59,17 @@ def test_objective_gradient_is_exact():
     assert error < 1e-6 * max(1.0, np.abs(approach3.objective(np.array(x), *args)[1]).max())
 
 
+def test_approach3_fits_the_same_with_and_without_worker_processes(monkeypatch):
+  rng = np.random.default_rng(2)
+  n, d = 10 ** rng.uniform(7, 10, 12), 10 ** rng.uniform(8.5, 11.5, 12)
+  loss = TRUTH.loss(n, d) * np.exp(0.01 * rng.standard_normal(12))
+  monkeypatch.setattr(approach3, "_workers", lambda: 2)
+  pooled = approach3.fit(_points(n, d, loss), bootstrap=12, seed=3).to_json(1e23)
+  monkeypatch.setenv("ISOFLOP_ANALYSIS_PROCESSES", "1")
+  serial = approach3.fit(_points(n, d, loss), bootstrap=12, seed=3).to_json(1e23)
+  assert pooled == serial
+
+
 def test_approach3_recovers_known_constants():
   rng = np.random.default_rng(1)
   n, d = 10 ** rng.uniform(7, 10, 80), 10 ** rng.uniform(8.5, 11.5, 80)

@@ -11,8 +11,13 @@ C = kappa N^phi D (see `Optimum`; with kappa = 6, phi = 1 it is Hoffmann et al.'
 The bootstrap resamples the points with replacement and refits the law and F on each.
 """
 
+import concurrent.futures
+import contextlib
 import dataclasses
+import functools
 import itertools
+import multiprocessing
+import os
 
 import numpy as np
 import scipy.optimize
@@ -148,13 +153,56 @@ def _minimize(start: np.ndarray, args: tuple, options: dict) -> scipy.optimize.O
                                  options=options)
 
 
-def search(starts: np.ndarray, args: tuple, polished: int):
-  """L-BFGS from each start; returns (best x, objective at it, coarse objective per start)."""
-  coarse = [_minimize(start, args, COARSE) for start in starts]
-  coarse_values = np.array([r.fun if np.isfinite(r.fun) else np.inf for r in coarse])
-  fine = [_minimize(coarse[i].x, args, FINE) for i in np.argsort(coarse_values)[:polished]]
+def _coarse_fits(starts: np.ndarray, args: tuple) -> list[tuple[np.ndarray, float]]:
+  with threadpoolctl.threadpool_limits(1, user_api="blas"):
+    return [(r.x, r.fun) for r in (_minimize(start, args, COARSE) for start in starts)]
+
+
+def search(starts: np.ndarray, args: tuple, polished: int, pool=None):
+  """L-BFGS from each start; returns (best x, objective at it, coarse objective per start).
+  With a process ``pool`` the coarse fits are shared among its workers (same results)."""
+  if pool is None:
+    coarse = _coarse_fits(starts, args)
+  else:
+    chunks = np.array_split(starts, 32)
+    coarse = [fit for part in pool.map(_coarse_fits, chunks, [args] * len(chunks))
+              for fit in part]
+  coarse_values = np.array([fun if np.isfinite(fun) else np.inf for _, fun in coarse])
+  fine = [_minimize(coarse[i][0], args, FINE) for i in np.argsort(coarse_values)[:polished]]
   best = min(fine, key=lambda r: r.fun if np.isfinite(r.fun) else np.inf)
   return best.x, float(best.fun), coarse_values
+
+
+def _replicate(rows: np.ndarray, n, d, c, loss, starts) -> "Optimum | None":
+  """One bootstrap refit on the resampled ``rows``; None when it cannot be fitted."""
+  with threadpoolctl.threadpool_limits(1, user_api="blas"):
+    try:
+      x, _, _ = search(starts, _arrays(n[rows], d[rows], loss[rows]), BOOTSTRAP_POLISHED)
+      return Optimum(Law.from_x(x), fit_flops_per_token(n[rows], d[rows], c[rows]))
+    except inputs.NotEnoughData:
+      return None
+
+
+def _workers() -> int:
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # not on Linux
+    return os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def _process_pool():
+  """Processes for the fits' independent L-BFGS runs (most of ``isoflop analyze``'s time),
+  one per core; none on one core. ``forkserver`` starts them from a clean interpreter, safe
+  whatever threads this process runs."""
+  workers = _workers()
+  if workers < 2 or os.environ.get("ISOFLOP_ANALYSIS_PROCESSES") == "1":
+    yield None
+    return
+  context = multiprocessing.get_context(
+      "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn")
+  with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+    yield pool
 
 
 @dataclasses.dataclass(frozen=True)
@@ -203,16 +251,15 @@ def fit(points: inputs.Points, bootstrap: int, seed: int) -> Result:
     raise inputs.NotEnoughData("needs points at >= 2 distinct N and >= 2 distinct D")
   # L-BFGS-B's tiny BLAS calls gain nothing from threads, and OpenBLAS's idle threads spin:
   # with two other busy processes on 2 cores, that slowed the grid search 24-fold.
-  with threadpoolctl.threadpool_limits(1, user_api="blas"):
-    best, value, coarse_values = search(GRID, _arrays(n, d, loss), POLISHED)
+  with threadpoolctl.threadpool_limits(1, user_api="blas"), _process_pool() as pool:
+    best, value, coarse_values = search(GRID, _arrays(n, d, loss), POLISHED, pool)
     replicate_starts = np.vstack([best, GRID[np.argsort(coarse_values)[:BOOTSTRAP_STARTS]]])
-
-    def replicate(rng: np.random.Generator) -> Optimum:
-      rows = rng.integers(0, len(n), len(n))
-      x, _, _ = search(replicate_starts, _arrays(n[rows], d[rows], loss[rows]),
-                       BOOTSTRAP_POLISHED)
-      return Optimum(Law.from_x(x), fit_flops_per_token(n[rows], d[rows], c[rows]))
-
-    samples = powerlaw.bootstrap(replicate, bootstrap, seed)
+    # The resamples drawn in order from one generator, as powerlaw.bootstrap draws them, then
+    # refitted in any order: the same samples with or without the pool.
+    rng = np.random.default_rng(seed)
+    resamples = [rng.integers(0, len(n), len(n)) for _ in range(bootstrap)]
+    refit = functools.partial(_replicate, n=n, d=d, c=c, loss=loss, starts=replicate_starts)
+    fitted = pool.map(refit, resamples, chunksize=8) if pool else map(refit, resamples)
+    samples = [sample for sample in fitted if sample is not None]
   optimum = Optimum(Law.from_x(best), fit_flops_per_token(n, d, c))
   return Result(optimum, value, tuple(samples), len(n))
