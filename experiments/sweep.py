@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from isoflop.experiments import cli, sweep_definition, sweep_worker
 from isoflop.models import conventions
-from isoflop.train import preemption, run_record
+from isoflop.train import preemption, run_record, wandb_log
 from isoflop.train import workdir as workdir_lib
 
 RUNS_COLUMNS = (["name", "workdir", "status", "budget", "target_params"]
@@ -31,9 +31,6 @@ RUNS_COLUMNS = (["name", "workdir", "status", "budget", "target_params"]
                 + ["final_train_loss", "final_eval_loss", "wall_time_s", "steps", "d_model",
                    "n_layers", "branched", "final_train_loss_std", "final_eval_loss_std",
                    "energy_j", "lr", "parametrization", "C_measured_model"])
-
-
-SWEEP_NAME_ENV = "ISOFLOP_SWEEP_NAME"  # members' logging groups them by their sweep
 
 
 def _flag_value(value: Any) -> str:
@@ -278,7 +275,8 @@ def _run_members(sweep, sweep_path, sweep_dir, config, config_path, members, sha
 
   # Long-lived workers, one per device share: each member's start-up skips the imports.
   sweep_name = os.path.basename(os.path.abspath(sweep_dir))
-  workers = [sweep_worker.WorkerProcess({**env, SWEEP_NAME_ENV: sweep_name}) for env in shares]
+  workers = [sweep_worker.WorkerProcess({**env, wandb_log.SWEEP_ENV: sweep_name})
+             for env in shares]
   bar = _Progress(sweep_dir, members, steps, progress)
   with preemption.StopRequests() as stop:
     for phase in phases:
