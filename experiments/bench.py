@@ -39,7 +39,7 @@ def run(config, out_path: str, steps: int, warmup: int, flop_convention: str,
     state = state_lib.create_state(prepared.task, prepared.tx, prepared.batch_shapes,
                                    state_lib.seed_keys(config.seed, config.ensemble),
                                    jax.tree.map(lambda a: a.sharding, prepared.abstract_state))
-  batches = [{k: jax.device_put(v, prepared.batch_sharding) for k, v in
+  batches = [{k: jax.device_put(v, prepared.batch_shardings[k]) for k, v in
               prepared.source.batch(np.arange(config.batch_size) + i * config.batch_size).items()}
              for i in range(2)]  # data prepared up front: bench times the step alone
   for i in range(warmup):

@@ -103,7 +103,7 @@ def measure_width(config, devices=None) -> dict[str, np.ndarray]:
       return jax.tree.map(lambda a: a[None], params) if single else params
 
     # Every step trains on this batch, and the activations are measured on it.
-    fixed = {k: jax.device_put(v, prepared.batch_sharding)
+    fixed = {k: jax.device_put(v, prepared.batch_shardings[k])
              for k, v in prepared.source.batch(np.arange(config.batch_size)).items()}
     probe = fixed["inputs"]
     first = jax.jit(lambda p, x: stats(p, x, None))

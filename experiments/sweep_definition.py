@@ -40,8 +40,8 @@ from typing import Any
 import ml_collections
 
 from isoflop.experiments import shapes
-from isoflop.models import counting
-from isoflop.train import causal_lm, resume_policy
+from isoflop.models import families
+from isoflop.train import resume_policy
 
 KINDS = ("isoflop", "ladder", "grid")
 
@@ -171,11 +171,12 @@ def member_counts(sweep, config, member: Member) -> dict:
   """The member's steps, tokens D, N (under ``n_convention``) and compute C (FLOPs under
   ``flop_convention``), from the counters."""
   resolved = resolved_config(config, member)
-  model = causal_lm.decoder_config(resolved)
+  family = families.family_of(resolved)
+  model = families.model_config(resolved)
   tokens = resolved.steps * resolved.batch_size * resolved.seq_len
-  per_token = counting.flops_per_token(model, resolved.seq_len)
+  per_token = family.flops_per_unit(model, resolved.seq_len)
   return {"name": member.name, "steps": resolved.steps, "D": tokens,
-          "N": counting.n_by_convention(model)[sweep.n_convention],
+          "N": family.n_by_convention(model)[sweep.n_convention],
           "C": per_token[sweep.flop_convention] * tokens,
           "warmup_steps": resolved.optimizer.warmup_steps}
 
@@ -271,21 +272,17 @@ def check_members(sweep, config, members: list[Member]) -> None:
 def _sized_member(sweep, config, target: float, tokens: float | None, budget: float | None,
                   name: str, exclude: frozenset = frozenset()) -> Member:
   rule = sweep.shape
-  base = causal_lm.decoder_config(config)
+  family = families.family_of(config)
+  base = families.model_config(config)
   model, n = shapes.shape_for(target, base, aspect_ratio=rule.aspect_ratio,
                               head_size=rule.head_size, convention=sweep.n_convention,
-                              exclude=exclude)
-  per_token = counting.flops_per_token(model, config.seq_len)[sweep.flop_convention]
+                              exclude=exclude, family=family)
+  per_token = family.flops_per_unit(model, config.seq_len)[sweep.flop_convention]
   if budget is not None:
     tokens = budget / per_token
   tokens_per_step = config.batch_size * config.seq_len
   steps = max(int(round(tokens / tokens_per_step)), 1)
-  overrides = {"model.d_model": model.d_model, "model.n_layers": model.n_layers,
-               "model.n_heads": model.n_heads, "steps": steps}
-  if model.n_kv_heads is not None:
-    overrides["model.n_kv_heads"] = model.n_kv_heads
-  if model.d_ff is not None:
-    overrides["model.d_ff"] = model.d_ff
+  overrides = {**family.shape_overrides(model), "steps": steps}
   if config.optimizer.warmup_steps > steps:
     overrides["optimizer.warmup_steps"] = steps // 10
   return Member(f"{name}_N{n:.3g}".replace("+", ""), overrides, budget, target,

@@ -11,7 +11,9 @@ Roles:
   vector     one feature dimension: a bias or a norm scale
 
 Axes in STACK_AXES (the scanned layer axis) hold independent copies and are not feature
-dimensions: a ``(layers, embed)`` norm scale is a stacked vector. Axes in JOINED_AXES continue
+dimensions: a ``(layers, embed)`` norm scale is a stacked vector. Axes in COPY_AXES (experts)
+are copies too, except as the last axis: an expert kernel ``(expert, embed, mlp)`` is a
+hidden matrix, an expert bias ``(expert, mlp)`` a vector, a router ``(embed, expert)`` a matrix. Axes in JOINED_AXES continue
 the dimension before them: an attention bias ``(heads, kv)`` is one feature dimension of
 heads x head_dim, i.e. a vector, while a query kernel ``(embed, heads, kv)`` is a matrix.
 """
@@ -25,7 +27,8 @@ from jax.sharding import PartitionSpec
 EMBEDDING, READOUT, HIDDEN, VECTOR = "embedding", "readout", "hidden", "vector"
 KINDS = (EMBEDDING, READOUT, HIDDEN, VECTOR)
 STACK_AXES = ("layers",)
-JOINED_AXES = ("kv",)  # a head's own axis: joined to the ``heads`` axis before it
+COPY_AXES = ("expert",)  # independent copies (experts), unless last (a router's output)
+JOINED_AXES = ("kv", "gate")  # a head's own axis, an LSTM's gates: joined to the axis before
 LOOKUP_AXES = ("vocab", "length")  # a table indexed by tokens or positions
 
 
@@ -47,7 +50,8 @@ def role_of(names: Sequence[str | None]) -> Role:
     raise ValueError(f"a parameter with logical axes {names} has an unnamed dimension; give "
                      "every dimension a logical axis name (nn.with_logical_partitioning)")
   stacked = names[0] in STACK_AXES
-  features = [name for name in names if name not in STACK_AXES]
+  features = [name for i, name in enumerate(names) if name not in STACK_AXES
+              and not (name in COPY_AXES and i < len(names) - 1)]
   if features and features[0] in LOOKUP_AXES:
     return Role(EMBEDDING, stacked)
   if len(features) >= 2 and features[-1] == "vocab":

@@ -1,4 +1,4 @@
-"""Build a device mesh with the axes ``data``, ``fsdp`` and ``tensor`` from a config."""
+"""Build a device mesh whose axes are the ones a rules table shards over (``rules.mesh_axes``)."""
 
 import math
 from typing import Mapping, Sequence
@@ -7,15 +7,22 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh
 
-MESH_AXES = ("data", "fsdp", "tensor")
+# The axes of the package's own tables; a mesh has those its rules table names.
+MESH_AXES = ("data", "fsdp", "expert", "tensor")
 
 
-def resolve_mesh_shape(sizes: Mapping[str, int], n_devices: int) -> dict[str, int]:
-  """Fills a single ``-1`` entry so the product equals ``n_devices``; checks the rest."""
-  unknown = set(sizes) - set(MESH_AXES)
+def resolve_mesh_shape(sizes: Mapping[str, int], n_devices: int,
+                       axes: Sequence[str] = MESH_AXES, table: str | None = None
+                       ) -> dict[str, int]:
+  """Sizes of ``axes``, filling a single ``-1`` entry so the product equals ``n_devices``.
+  A size for an axis outside ``axes`` is refused unless it is 1 (nothing to shard)."""
+  unknown = sorted(a for a in set(sizes) - set(axes) if int(sizes[a]) != 1)
   if unknown:
-    raise ValueError(f"unknown mesh axes {sorted(unknown)}; the mesh axes are {MESH_AXES}")
-  shape = {axis: int(sizes.get(axis, 1)) for axis in MESH_AXES}
+    which = f"the sharding rules table {table!r}" if table else "the sharding rules table"
+    raise ValueError(f"mesh axis {unknown[0]!r} (size {sizes[unknown[0]]}) is not one that "
+                     f"{which} shards over ({', '.join(axes)}); set it to 1 or pick a table "
+                     "that uses it (mesh.rules, sharding/rules.py)")
+  shape = {axis: int(sizes.get(axis, 1)) for axis in axes}
   fill = [axis for axis, size in shape.items() if size == -1]
   if len(fill) > 1:
     raise ValueError(f"mesh axes {fill} are all -1; at most one axis may be -1 (fills the rest)")
@@ -29,9 +36,9 @@ def resolve_mesh_shape(sizes: Mapping[str, int], n_devices: int) -> dict[str, in
                        f"{n_devices}; choose mesh sizes whose product divides the device count")
     shape[fill[0]] = n_devices // known
   if math.prod(shape.values()) != n_devices:
+    product = " x ".join(f"{axis}={size}" for axis, size in shape.items())
     raise ValueError(
-        f"mesh data={shape['data']} x fsdp={shape['fsdp']} x tensor={shape['tensor']} = "
-        f"{_devices(math.prod(shape.values()))}, but "
+        f"mesh {product} = {_devices(math.prod(shape.values()))}, but "
         f"{'1 is' if n_devices == 1 else f'{n_devices} are'} available; make the "
         "product equal the device count (or set one axis to -1)")
   return shape
@@ -41,14 +48,14 @@ def _devices(count: int) -> str:
   return f"{count} device" + ("" if count == 1 else "s")
 
 
-def build_mesh(sizes: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A mesh over ``devices`` (default: all) in MESH_AXES order, with automatic sharding."""
+def build_mesh(sizes: Mapping[str, int], devices: Sequence[jax.Device] | None = None,
+               axes: Sequence[str] = MESH_AXES, table: str | None = None) -> Mesh:
+  """A mesh over ``devices`` (default: all) with ``axes`` in order, automatic sharding."""
   devices = list(jax.devices() if devices is None else devices)
-  shape = resolve_mesh_shape(sizes, len(devices))
-  grid = [shape[axis] for axis in MESH_AXES]
+  shape = resolve_mesh_shape(sizes, len(devices), axes, table)
+  axes = tuple(shape)
+  grid = [shape[axis] for axis in axes]
   if len(devices) == jax.device_count():
-    return jax.make_mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES),
-                         devices=devices)
+    return jax.make_mesh(grid, axes, axis_types=(AxisType.Auto,) * len(axes), devices=devices)
   # A subset of devices (tests, or one member of a sweep sharing a host): keep their order.
-  return Mesh(np.asarray(devices).reshape(grid), MESH_AXES,
-              axis_types=(AxisType.Auto,) * len(MESH_AXES))
+  return Mesh(np.asarray(devices).reshape(grid), axes, axis_types=(AxisType.Auto,) * len(axes))

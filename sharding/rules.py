@@ -1,9 +1,11 @@
 """Tables from logical axis names to mesh axes, and helpers to apply them.
 
 Changing the parallelism is changing a table. Each logical name may appear more than once:
-Flax takes, for every dimension, the first rule whose mesh axes are still unused in that
-array. So activations (batch, length, embed) shard the batch over data and fsdp and leave
-embed whole, while parameters (vocab, embed) shard embed over fsdp.
+Flax goes through the table in order and gives a rule's mesh axes to the array's dimension of
+that name when none of those axes is taken yet in that array. So activations (batch, length,
+embed) shard the batch over data and fsdp and leave embed whole, while parameters (vocab,
+embed) shard embed over fsdp; and a batch dimension next to an expert dimension (which takes
+``expert`` first) falls back to the second batch rule.
 """
 
 from typing import Any, Sequence
@@ -16,24 +18,44 @@ Rules = Sequence[tuple[str, Any]]
 
 RULE_SETS: dict[str, Rules] = {
     # 2-D: batch over data+fsdp, parameters sharded over fsdp (ZeRO-3 style) and over tensor
-    # along heads / mlp / vocab (Megatron style).
+    # along heads / mlp / vocab (Megatron style). Experts over ``expert``: outside the expert
+    # layers that axis is one more data-parallel axis; inside them (activations laid out
+    # expert-first) the batch falls back to data+fsdp and tokens move to their experts.
     "fsdp_tensor": (
+        ("expert", "expert"),  # before batch: Flax applies rules in table order
+        ("batch", ("data", "fsdp", "expert")),
         ("batch", ("data", "fsdp")),
         ("vocab", "tensor"),
         ("heads", "tensor"),
         ("mlp", "tensor"),
         ("embed", "fsdp"),
+        ("hidden", "fsdp"),  # an LSTM's recurrent input
         ("kv", None),
+        ("gate", None),  # an LSTM's four gates
         ("length", None),
         ("layers", None),
+        ("height", None), ("width", None), ("channels", None),
     ),
     # Pure data parallelism: every device holds every parameter.
     "replicated": (
-        ("batch", ("data", "fsdp", "tensor")),
+        ("expert", None),
+        ("batch", ("data", "fsdp", "expert", "tensor")),
         ("vocab", None), ("heads", None), ("mlp", None), ("embed", None),
-        ("kv", None), ("length", None), ("layers", None),
+        ("hidden", None), ("kv", None), ("gate", None), ("length", None), ("layers", None),
+        ("height", None), ("width", None), ("channels", None),
     ),
 }
+
+
+def mesh_axes(rules: Rules) -> tuple[str, ...]:
+  """The mesh axes a rules table shards over, in the order a mesh lays them out (``tensor``
+  innermost: its collectives are the most frequent)."""
+  named = set()
+  for _, axes in rules:
+    if axes is not None:
+      named.update((axes,) if isinstance(axes, str) else axes)
+  order = ("data", "fsdp", "expert", "tensor")
+  return tuple(a for a in order if a in named) + tuple(sorted(named - set(order)))
 
 
 def get_rules(name: str) -> Rules:
@@ -42,17 +64,19 @@ def get_rules(name: str) -> Rules:
   return RULE_SETS[name]
 
 
-def check_names(logical_specs: Any, rules: Rules, table: str) -> None:
+def check_names(logical_specs: Any, rules: Rules, table: str, what: str = "parameter"
+                ) -> None:
   """Raises a one-line ValueError for the first logical axis name that ``rules`` does not
-  mention: Flax would replicate that dimension silently (an ``expert`` axis, say)."""
+  mention: Flax would replicate that dimension silently (an ``expert`` axis, say).
+  ``logical_specs``: a tree of PartitionSpecs or of tuples of names."""
   known = {logical for logical, _ in rules}
-  is_spec = lambda x: isinstance(x, PartitionSpec)  # noqa: E731
+  is_spec = lambda x: isinstance(x, (PartitionSpec, tuple))  # noqa: E731
   for path, spec in jax.tree_util.tree_leaves_with_path(logical_specs, is_leaf=is_spec):
     for name in spec:
       if isinstance(name, str) and name not in known:
         where = jax.tree_util.keystr(path, simple=True, separator="/")
         raise ValueError(
-            f"logical axis {name!r} of parameter {where} has no rule in the sharding rules "
+            f"logical axis {name!r} of {what} {where} has no rule in the sharding rules "
             f"table {table!r} (it names {sorted(known)}); add a rule for {name!r} to that "
             "table in sharding/rules.py (None replicates it)")
 

@@ -29,8 +29,9 @@ def test_train_on_a_2x2x2_mesh_as_the_readme_says(tmp_path):
   assert "Involuntary full rematerialization" not in out.stderr  # the embeddings' sharding
   assert "loss floor" in out.stdout and "non_embedding" in out.stdout
   record = json.loads((workdir / "config.json").read_text())
-  assert record["config"]["mesh"] == {"data": 2, "fsdp": 2, "tensor": 2, "rules": "fsdp_tensor"}
-  assert record["devices"]["mesh"] == {"data": 2, "fsdp": 2, "tensor": 2}
+  assert record["config"]["mesh"] == {"data": 2, "fsdp": 2, "tensor": 2, "expert": 1,
+                                      "rules": "fsdp_tensor"}
+  assert record["devices"]["mesh"] == {"data": 2, "fsdp": 2, "expert": 1, "tensor": 2}
   rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert rows[-1]["step"] == 40 and np.isfinite(rows[-1]["loss"])
 

@@ -82,7 +82,7 @@ def _train_sp(steps: int = 3):
                                    jax.tree.map(lambda a: a.sharding, prepared.abstract_state))
     for step in range(steps):
       host = prepared.source.batch(np.arange(8) + 8 * step)
-      batch = {k: jax.device_put(v, prepared.batch_sharding) for k, v in host.items()}
+      batch = {k: jax.device_put(v, prepared.batch_shardings[k]) for k, v in host.items()}
       state, _ = prepared.compiled_step(state, batch)
   return jax.tree.map(np.asarray, state.params)
 

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from isoflop.models import counting, transformer
-from isoflop.train import build, causal_lm
+from isoflop.models import families
+from isoflop.train import build
 
 BASE = transformer.TransformerConfig(vocab_size=100, d_model=32, n_layers=3, n_heads=4,
                                      d_ff=48, max_len=20)
@@ -44,13 +45,13 @@ def test_counts_equal_the_initialized_tree(positions, norm, activation, use_bias
 def test_gpt2_small_has_124m_parameters():
   from isoflop.experiments.configs import gpt2_small
   config = gpt2_small.get_config()
-  cfg = causal_lm.decoder_config(config)
+  cfg = families.model_config(config)
   assert counting.param_counts(cfg)["total"] == 124_439_808  # GPT-2 small, tied, V = 50257
   config.seq_len = 256  # shorter sequences keep GPT-2's 1,024 positions
-  assert counting.param_counts(causal_lm.decoder_config(config))["total"] == 124_439_808
+  assert counting.param_counts(families.model_config(config))["total"] == 124_439_808
   config.seq_len = 2048  # longer ones would change its shape: refused, not grown silently
   with pytest.raises(ValueError, match="no longer the config's shape"):
-    causal_lm.decoder_config(config)
+    families.model_config(config)
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
@@ -64,7 +65,7 @@ def test_analytic_flops_agree_with_xla_measured(family, tiny_config):
   record = build.prepare(c, devices=jax.devices()[:1]).record
   flops = record["flops_per_token"]
   measured = flops["measured"]
-  cfg = causal_lm.decoder_config(c)
+  cfg = families.model_config(c)
   d, v, t = cfg.d_model, cfg.vocab_size, c.seq_len
   attention_scores = 12 * cfg.n_layers * t * cfg.n_heads * cfg.head_dim
   # PaLM counts every matmul.

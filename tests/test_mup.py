@@ -81,9 +81,9 @@ def test_learning_rate_multipliers(name, expected):
 
 
 def test_sp_takes_no_mup_path():
-  from isoflop.train import causal_lm
+  from isoflop.models import decoder_family
   # The plain optimizer.
-  assert causal_lm.CausalLmTask(SP).lr_multipliers("adamw", _roles(SP)) is None
+  assert decoder_family.lr_multipliers(SP, _roles(SP), "adamw") is None
   same = dataclasses.replace(SP, mup_base_width=32)  # ignored under SP
   for a, b in zip(jax.tree.leaves(_params(SP)), jax.tree.leaves(_params(same))):
     np.testing.assert_array_equal(a, b)

@@ -9,7 +9,8 @@ import pytest
 
 from isoflop.experiments.configs import base, gpt2_small, llama_150m
 from isoflop.models import mup, param_roles, transformer
-from isoflop.train import causal_lm, optimizers
+from isoflop.models import families
+from isoflop.train import optimizers
 
 GPT2_LAYER = {
     "attention/query_kernel": "hidden", "attention/key_kernel": "hidden",
@@ -51,7 +52,7 @@ def _flat(tree) -> dict:
 @pytest.mark.parametrize("name, module", [("gpt2_small", gpt2_small),
                                           ("llama_150m", llama_150m)])
 def test_every_parameter_of_the_real_trees_has_its_role(name, module):
-  roles = _flat(_roles(causal_lm.decoder_config(module.get_config())))
+  roles = _flat(_roles(families.model_config(module.get_config())))
   assert {k: (r.kind, r.stacked) for k, r in roles.items()} == EXPECTED[name]
 
 

@@ -12,9 +12,21 @@ from isoflop.sharding import rules as rules_lib
 
 def test_minus_one_fills_the_remaining_devices():
   assert mesh_lib.resolve_mesh_shape({"data": -1, "fsdp": 2, "tensor": 2}, 8) == \
-      {"data": 2, "fsdp": 2, "tensor": 2}
+      {"data": 2, "fsdp": 2, "expert": 1, "tensor": 2}
   mesh = mesh_lib.build_mesh({"data": 1, "fsdp": -1, "tensor": 2})
-  assert dict(mesh.shape) == {"data": 1, "fsdp": 4, "tensor": 2}
+  assert dict(mesh.shape) == {"data": 1, "fsdp": 4, "expert": 1, "tensor": 2}
+
+
+def test_mesh_axes_are_the_ones_the_rules_table_names():
+  for name in ("fsdp_tensor", "replicated"):
+    assert rules_lib.mesh_axes(rules_lib.get_rules(name)) == ("data", "fsdp", "expert", "tensor")
+  table = (("batch", ("data", "pipeline")), ("embed", None))
+  assert rules_lib.mesh_axes(table) == ("data", "pipeline")
+  mesh = mesh_lib.build_mesh({"data": 2, "pipeline": 4}, axes=rules_lib.mesh_axes(table))
+  assert dict(mesh.shape) == {"data": 2, "pipeline": 4}
+  with pytest.raises(ValueError, match="mesh axis 'tensor' \\(size 2\\) is not one that the "
+                                       "sharding rules table 'mine' shards over"):
+    mesh_lib.build_mesh({"data": 4, "tensor": 2}, axes=rules_lib.mesh_axes(table), table="mine")
 
 
 @pytest.mark.parametrize("sizes, message", [
@@ -22,7 +34,7 @@ def test_minus_one_fills_the_remaining_devices():
     ({"data": -1, "fsdp": -1, "tensor": 1}, "at most one"),
     ({"data": -1, "fsdp": 3, "tensor": 1}, "does not divide"),
     ({"data": 0, "fsdp": 1, "tensor": 1}, "positive"),
-    ({"pipeline": 2}, "unknown mesh axes"),
+    ({"pipeline": 2}, "mesh axis 'pipeline' \\(size 2\\) is not one that"),
 ])
 def test_bad_meshes_are_refused(sizes, message):
   with pytest.raises(ValueError, match=message):
@@ -41,9 +53,13 @@ def test_rules_shard_parameters_and_activations_differently():
   assert nn.logical_to_mesh_axes(("vocab", "embed"), rules) == P("tensor", "fsdp")
   assert nn.logical_to_mesh_axes(("layers", "embed", "heads", "kv"), rules) == \
       P(None, "fsdp", "tensor", None)
-  # Activations: the batch takes data and fsdp, so embed stays whole.
+  # Activations: the batch takes data, fsdp and expert, so embed stays whole.
   assert nn.logical_to_mesh_axes(("batch", "length", "embed"), rules) == \
-      P(("data", "fsdp"), None, None)
+      P(("data", "fsdp", "expert"), None, None)
+  # Inside expert layers (expert-first), the batch falls back to data and fsdp.
+  assert nn.logical_to_mesh_axes(("expert", "batch", None, "embed"), rules) == \
+      P("expert", ("data", "fsdp"), None, None)
+  assert nn.logical_to_mesh_axes(("expert", "embed", "mlp"), rules) == P("expert", "fsdp", "tensor")
   mesh = mesh_lib.build_mesh({"data": 2, "fsdp": 2, "tensor": 2})
   assert rules_lib.data_parallel_size(mesh, rules) == 4
   assert rules_lib.data_parallel_size(mesh, rules_lib.get_rules("replicated")) == 8
@@ -63,12 +79,12 @@ def test_unknown_rules_name():
 
 def test_a_logical_axis_without_a_rule_is_an_error():
   rules = rules_lib.get_rules("fsdp_tensor")
-  with pytest.raises(ValueError, match="'expert' of parameter moe/kernel .*'fsdp_tensor'"):
-    rules_lib.check_names({"moe": {"kernel": P("expert", "embed", "mlp")}}, rules,
+  with pytest.raises(ValueError, match="'stage' of parameter pp/kernel .*'fsdp_tensor'"):
+    rules_lib.check_names({"pp": {"kernel": P("stage", "embed", "mlp")}}, rules,
                           "fsdp_tensor")
   from isoflop.models import logical
-  with nn.logical_axis_rules(rules), pytest.raises(ValueError, match="'expert'"):
-    logical.constrain(jax.numpy.zeros((2, 4)), ("batch", "expert"))
+  with nn.logical_axis_rules(rules), pytest.raises(ValueError, match="'stage'"):
+    logical.constrain(jax.numpy.zeros((2, 4)), ("batch", "stage"))
 
 
 def test_a_table_missing_an_axis_the_model_uses_fails_the_build(tiny_config, monkeypatch):

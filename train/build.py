@@ -31,9 +31,10 @@ class Prepared:
   mesh: Any
   rules: Any
   compiled_step: Any
-  compiled_eval: Any  # (params, batch) -> mean loss, or None when eval_every == 0
+  compiled_eval: Any  # (params, model_state, batch) -> {name: (mean, weight)}, or None
   abstract_state: Any  # ShapeDtypeStructs with their shardings
-  batch_sharding: Any
+  batch_shardings: dict[str, Any]  # each batch key's own sharding, from its logical axes
+  row_sharding: Any  # how the batch's rows split over devices (for each process's rows)
   batch_shapes: dict[str, jax.ShapeDtypeStruct]
   tx: Any
   roles: Any  # each parameter's role (models/param_roles.py), a tree like the parameters
@@ -133,8 +134,9 @@ def prepare(config, devices: Sequence[jax.Device] | None = None,
     config.model.vocab_size = source.vocab_size  # the model's vocabulary follows the tokenizer
   epochs = _data_budget(config, source)
   task = task_lib.make_task(config)
-  mesh = mesh_lib.build_mesh({a: config.mesh[a] for a in mesh_lib.MESH_AXES}, devices)
   rules = rules_lib.get_rules(config.mesh.rules)
+  sizes = {axis: size for axis, size in config.mesh.items() if axis != "rules"}
+  mesh = mesh_lib.build_mesh(sizes, devices, rules_lib.mesh_axes(rules), config.mesh.rules)
   dp = rules_lib.data_parallel_size(mesh, rules)
   if config.batch_size % (dp * config.microbatches):
     raise ValueError(
@@ -146,20 +148,24 @@ def prepare(config, devices: Sequence[jax.Device] | None = None,
   if missing:
     raise ValueError(f"data.source {config.data.source} gives {sorted(example)}, but the "
                      f"{config.task} task needs {sorted(task.batch_keys)}; pick a matching source")
-  batch_sharding = rules_lib.batch_sharding(mesh, rules, ndim=2)
-  batch_shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding)
+  batch_axes = {k: task.batch_axes(k, np.ndim(v)) for k, v in example.items()}
+  rules_lib.check_names(batch_axes, rules, config.mesh.rules, what="batch key")
+  batch_sharding = {k: rules_lib.logical_to_sharding(jax.sharding.PartitionSpec(*axes), mesh,
+                                                     rules)
+                    for k, axes in batch_axes.items()}
+  batch_shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding[k])
                   for k, v in example.items()}
   phases.mark("data")
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    boxed_params = state_lib.abstract_params(task, batch_shapes)
-    param_specs = nn.get_partition_spec(boxed_params)
-    rules_lib.check_names(param_specs, rules, config.mesh.rules)
-    roles = param_roles.label(param_specs)  # weight decay, muP, per-layer norms all ask this
+    boxed_variables = state_lib.abstract_variables(task, batch_shapes)
+    variable_specs = nn.get_partition_spec(boxed_variables)
+    rules_lib.check_names(variable_specs, rules, config.mesh.rules)
+    roles = param_roles.label(variable_specs["params"])  # weight decay, muP, norms ask this
     tx, schedule = optimizers.make_optimizer(
         config.optimizer, config.steps, roles, task.lr_multipliers(config.optimizer.name, roles))
     shapes, _, shardings = state_lib.abstract_state(
         task, tx, batch_shapes, mesh, rules, ensemble=config.ensemble,
-        boxed_params=boxed_params)
+        boxed_variables=boxed_variables)
     rules_lib.check_divisible(shapes, shardings)
     abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                             shapes, shardings)
@@ -186,19 +192,20 @@ def prepare(config, devices: Sequence[jax.Device] | None = None,
     phases.mark("cost_analysis")
     compiled_eval = None
     if config.eval_every:
-      def eval_loss(params, batch):
-        return task.loss(params, batch, jax.random.key(0), train=False)[1]["loss"]
+      eval_metrics = task.eval_metrics
       if config.ensemble > 1:
-        eval_loss = jax.vmap(eval_loss, in_axes=(0, None))
+        eval_metrics = jax.vmap(eval_metrics, in_axes=(0, 0, None))
       compiled_eval = jax.jit(
-          eval_loss, in_shardings=(shardings.params, batch_sharding),
-          out_shardings=rules_lib.replicated(mesh)).lower(abstract.params, batch_shapes).compile()
+          eval_metrics, in_shardings=(shardings.params, shardings.model_state, batch_sharding),
+          out_shardings=rules_lib.replicated(mesh)).lower(
+              abstract.params, abstract.model_state, batch_shapes).compile()
     phases.mark("compile_eval")
-  tokens_per_step = task.tokens(example)
+  unit = task.unit
+  units_per_step = task.tokens(example)
   described = task.describe(example)
   # Per model: an ensemble step trains ``ensemble`` models on each token.
   for convention, flops in measured.items():
-    described["flops_per_token"][convention] = flops / tokens_per_step / config.ensemble
+    described[f"flops_per_{unit}"][convention] = flops / units_per_step / config.ensemble
   memory = compiled.memory_analysis()
   needed = step_memory_bytes(memory)
   limit, limit_source = hardware.memory_limit_bytes(list(mesh.devices.flat))
@@ -207,8 +214,9 @@ def prepare(config, devices: Sequence[jax.Device] | None = None,
       "versions": run_record.versions(),
       "devices": run_record.devices_summary(mesh),
       **described,
-      "flops_per_step": {k: v * tokens_per_step for k, v in described["flops_per_token"].items()},
-      "tokens_per_step": tokens_per_step,
+      "flops_per_step": {k: v * units_per_step
+                         for k, v in described[f"flops_per_{unit}"].items()},
+      f"{unit}s_per_step": units_per_step,
       "data": {**source.describe(), "epochs": epochs},
       "compile_time_s": compile_s,
       "startup_s": phases.seconds,  # where this process's preparation went
@@ -221,5 +229,6 @@ def prepare(config, devices: Sequence[jax.Device] | None = None,
       "memory_fit": {"needed_bytes_per_device": needed, "limit_bytes_per_device": limit,
                      "limit": limit_source, "fits": limit is None or needed <= limit},
   }
+  row_sharding = rules_lib.logical_to_sharding(jax.sharding.PartitionSpec("batch"), mesh, rules)
   return Prepared(config, task, source, mesh, rules, compiled, compiled_eval, abstract,
-                  batch_sharding, batch_shapes, tx, roles, record)
+                  batch_sharding, row_sharding, batch_shapes, tx, roles, record)

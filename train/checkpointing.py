@@ -2,6 +2,8 @@
 iterator's position, saved asynchronously and atomically (Orbax writes a temporary directory
 and renames it when complete, so a killed save never looks like a checkpoint)."""
 
+import dataclasses
+import logging
 import os
 import shutil
 import time
@@ -9,6 +11,30 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+
+
+def saved_tree(workdir: str, step: int) -> dict[str, Any]:
+  """The saved train state's tree of array metadata (shape, dtype) at ``step``; reads no
+  arrays."""
+  path = os.path.join(os.path.abspath(workdir), "checkpoints", str(step), "state")
+  # Orbax warns that an item directory has no step-level metadata file: items never do.
+  absl_logger = logging.getLogger("absl")
+  level = absl_logger.level
+  absl_logger.setLevel(logging.ERROR)
+  try:
+    metadata = ocp.PyTreeCheckpointer().metadata(path)
+  finally:
+    absl_logger.setLevel(level)
+  return metadata.item_metadata.tree
+
+
+def _without_model_state(abstract_state: Any) -> dict[str, Any] | None:
+  """The restore target for a checkpoint written before train states held model state (no
+  ``model_state`` entry), when this run has none either; None otherwise."""
+  if jax.tree.leaves(abstract_state.model_state):
+    return None
+  return {f.name: getattr(abstract_state, f.name) for f in dataclasses.fields(abstract_state)
+          if f.name != "model_state"}
 
 
 def restore_from(step_dir: str, abstract_state: Any) -> tuple[int, Any, dict[str, Any]]:
@@ -67,9 +93,8 @@ class Checkpoints:
     ``<workdir>/corrupt_checkpoints/`` (kept for inspection, never loaded) with a message."""
     for step in reversed(self.steps()):
       try:
-        restored = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
-        return step, restored.state, restored.data
+        state, data = self.restore_step(step, abstract_state)
+        return step, state, data
       except Exception as e:  # any unreadable or incomplete checkpoint: fall back
         reason = " ".join(str(e).split())[:200] or type(e).__name__
         print(f"skipping checkpoint at step {step}: it does not restore ({reason})")
@@ -85,9 +110,17 @@ class Checkpoints:
     self._manager = self._open()
 
   def restore_step(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
+    target = abstract_state
+    legacy = (_without_model_state(abstract_state)
+              if "model_state" not in saved_tree(self._workdir, step) else None)
+    if legacy is not None:  # saved before train states held model state
+      target = legacy
     restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
-    return restored.state, restored.data
+        state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
+    state = restored.state
+    if legacy is not None:
+      state = abstract_state.replace(**state, model_state={})
+    return state, restored.data
 
   def close(self) -> None:
     self._manager.wait_until_finished()

@@ -11,15 +11,18 @@ from isoflop.train import run_record
 
 def summary(prepared) -> dict[str, Any]:
   record = prepared.record
+  unit = record["unit"]
   return {
       "memory_per_device_bytes": record["memory_per_device_bytes"],
       "memory_fit": record["memory_fit"],
       "flops_per_step": record["flops_per_step"],
-      "flops_per_token": record["flops_per_token"],
+      f"flops_per_{unit}": record[f"flops_per_{unit}"],
       "param_counts": record["param_counts"],
       "param_counts_padded": record["param_counts_padded"],
       "n_params": record["n_params"],
-      "tokens_per_step": record["tokens_per_step"],
+      f"{unit}s_per_step": record[f"{unit}s_per_step"],
+      "model_family": record["model_family"],
+      "unit": unit,
       "compile_time_s": record["compile_time_s"],
       "devices": record["devices"],
       "versions": record["versions"],
@@ -55,7 +58,8 @@ def report(prepared, workdir: str) -> dict[str, Any]:
         f"{k}={v:.4g}" for k, v in result["flops_per_step"].items()))
     counts = result["param_counts"]
     print("parameters: " + ", ".join(
-        f"{k}={counts[k]:,}" for k in ("embedding", "non_embedding", "head", "total")))
+        f"{k}={counts[k]:,}" for k in ("embedding", "non_embedding", "head", "total", "active")
+        if k in counts))
     if result["param_counts_padded"] != counts:
       print(f"allocated with the vocabulary padded: {result['param_counts_padded']['total']:,}")
     os.makedirs(workdir, exist_ok=True)

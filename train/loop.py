@@ -17,7 +17,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
-from isoflop.train import build, checkpointing, hardware, metrics_log, preemption
+from isoflop.train import build, checkpointing, hardware, init_from, metrics_log, preemption
 from isoflop.train import resume_policy
 from isoflop.train import data as data_lib
 from isoflop.train import run_record
@@ -48,13 +48,16 @@ def process_rows(sharding, batch_size: int, devices=None) -> np.ndarray:
 
 def _print_counts(record: dict[str, Any]) -> None:
   counts = record["param_counts"]
-  print("parameters: " + ", ".join(f"{k}={counts[k]:,}" for k in
-                                   ("embedding", "non_embedding", "head", "total")))
+  shown = ["embedding", "non_embedding", "head", "total"]
+  if counts.get("active", counts["total"]) != counts["total"]:
+    shown.append("active")  # routed experts: the parameters one token passes through
+  print("parameters: " + ", ".join(f"{k}={counts[k]:,}" for k in shown))
   if record["param_counts_padded"] != counts:
     print(f"allocated with the vocabulary padded: {record['param_counts_padded']['total']:,}")
   print("N by convention: " + ", ".join(f"{k}={v:,}" for k, v in record["n_params"].items()))
-  print("train FLOPs/token: " + ", ".join(f"{k}={v:.4g}" for k, v in
-                                          record["flops_per_token"].items()))
+  unit = record["unit"]
+  print(f"train FLOPs/{unit}: " + ", ".join(f"{k}={v:.4g}" for k, v in
+                                           record[f"flops_per_{unit}"].items()))
   if record["data"].get("entropy_nats") is not None:
     print(f"loss floor (source entropy): {record['data']['entropy_nats']:.4f} nats/token")
 
@@ -66,12 +69,33 @@ def _read_json(path: str) -> dict[str, Any] | None:
     return json.load(f)
 
 
-def _summarize(name: str, value) -> dict[str, Any]:
-  """A scalar as is; an ensemble's per-seed values as their mean, and for losses also their
-  standard deviation and the values (the error bar of a sweep point)."""
+def _expand(weight, like) -> np.ndarray:
+  """A weight (scalar, or one per seed) with trailing axes to multiply a vector metric."""
+  weight = np.asarray(weight, np.float64)
+  return weight.reshape(weight.shape + (1,) * (np.ndim(like) - weight.ndim))
+
+
+def eval_means(batches: list[dict[str, tuple[Any, Any]]]) -> dict[str, np.ndarray]:
+  """Each metric over all evaluation batches: their means weighted by their weights (exact
+  when batches hold different numbers of targets)."""
+  out = {}
+  for name in batches[0]:
+    pairs = [b[name] for b in batches]
+    total = sum(np.asarray(m, np.float64) * _expand(w, m) for m, w in pairs)
+    weight = sum(_expand(w, m) for m, w in pairs)
+    out[name] = total / np.maximum(weight, 1e-12)
+  return out
+
+
+def _summarize(name: str, value, ensemble: bool = False) -> dict[str, Any]:
+  """A scalar as is, a vector (loss by position) as a list; an ensemble's per-seed values as
+  their mean, and for losses also their standard deviation and the values (the error bar of a
+  sweep point)."""
   value = np.asarray(value, np.float64)
-  if value.ndim == 0:
-    return {name: float(value)}
+  if not ensemble:
+    return {name: float(value) if value.ndim == 0 else value.tolist()}
+  if value.ndim > 1:
+    return {name: value.mean(axis=0).tolist()}
   out = {name: float(value.mean())}
   if name in ("loss", "loss_mean", "eval_loss"):
     out[f"{name}_std"] = float(value.std(ddof=1)) if value.size > 1 else 0.0
@@ -107,8 +131,13 @@ def _run(prepared: build.Prepared, workdir: str, stop: preemption.StopRequests,
                        "what they were trained with; restore config.json or use a new --workdir")
     resume_policy.check_resumable(previous["config"], config.to_dict(), checkpoint_step=0)
     resume_policy.check_same_data(previous.get("data_digest"), data_digest)
+  params_plan = None  # a params-only init_from, checked before anything is written
+  branch = bool(config.init_from) and init_from.kind(config.init_from) == init_from.BRANCH
   if config.init_from and not has_checkpoints:
-    checkpointing.parse_step_dir(config.init_from)
+    if branch:
+      checkpointing.parse_step_dir(config.init_from)
+    else:
+      params_plan = init_from.plan(config.init_from, prepared.abstract_state)
   build.check_memory_fits(prepared.record)
   if _any_process(stop.received is not None):
     raise preemption.Preempted(None, stop.signal_name)
@@ -117,7 +146,7 @@ def _run(prepared: build.Prepared, workdir: str, stop: preemption.StopRequests,
   checkpoints = checkpointing.Checkpoints(workdir, keep=config.keep_checkpoints)
   restored = checkpoints.restore_latest(prepared.abstract_state) if has_checkpoints else None
   record = {**prepared.record, "data_digest": data_digest}
-  if restored is None and config.init_from:
+  if restored is None and branch:
     start_step, state, data_state = checkpointing.restore_from(config.init_from,
                                                               prepared.abstract_state)
     if data_state.get("next_index") != start_step * config.batch_size:
@@ -131,6 +160,9 @@ def _run(prepared: build.Prepared, workdir: str, stop: preemption.StopRequests,
       keys = state_lib.seed_keys(config.seed, config.ensemble)  # member i: seed + i
       state = state_lib.create_state(prepared.task, prepared.tx, prepared.batch_shapes, keys,
                                      jax.tree.map(lambda a: a.sharding, prepared.abstract_state))
+    if params_plan is not None:
+      state = init_from.load(params_plan, state)
+      record["initialized_from"] = params_plan.describe()
   else:
     start_step, state, data_state = restored
     expected = start_step * config.batch_size
@@ -159,12 +191,18 @@ def _run(prepared: build.Prepared, workdir: str, stop: preemption.StopRequests,
               "parameters, optimizer state, step count (so the learning-rate schedule "
               f"continues at step {start_step}) and data position; training steps "
               f"{start_step + 1}..{config.steps}")
+      if params_plan is not None:
+        fresh = (f"; fresh: {', '.join(params_plan.fresh)}" if params_plan.fresh else "")
+        print(f"parameters from {params_plan.workdir} (step {params_plan.step}): "
+              f"{len(params_plan.loaded)} arrays loaded{fresh}; optimizer, step and data "
+              "start afresh")
       if restored is not None:
         print(f"resuming from the checkpoint at step {start_step}"
               + (" (the run is already complete)" if start_step >= config.steps else ""))
 
-  tokens_per_step = prepared.record["tokens_per_step"]
-  rows_of_process = process_rows(prepared.batch_sharding, config.batch_size)
+  unit = prepared.task.unit  # "token" (language models) or "example"
+  tokens_per_step = prepared.record[f"{unit}s_per_step"]
+  rows_of_process = process_rows(prepared.row_sharding, config.batch_size)
   # record: the config and counts for W&B, when config.wandb.project turns it on.
   log = (metrics_log.MetricsLog(workdir, resume_step=start_step, record=record)
          if is_main else None)
@@ -176,20 +214,23 @@ def _run(prepared: build.Prepared, workdir: str, stop: preemption.StopRequests,
   last_time, last_step = time.perf_counter(), start_step
   meter = hardware.EnergyMeter()  # NVIDIA only; elsewhere energy_j is null, not zero
   last_joules = meter.joules()
-  saved_step = start_step if (restored is not None or config.init_from) else None
+  saved_step = start_step if (restored is not None or branch) else None
   checkpoint_steps = set(config.checkpoint_steps)
 
   def global_batch(host_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-    return {k: jax.make_array_from_process_local_data(prepared.batch_sharding, v,
+    return {k: jax.make_array_from_process_local_data(prepared.batch_shardings[k], v,
                                                       prepared.batch_shapes[k].shape)
             for k, v in host_batch.items()}
 
   def evaluate(step_done: int) -> dict[str, Any]:
-    losses = [prepared.compiled_eval(state.params, global_batch(prepared.source.eval_batch(
-        k * config.batch_size + rows_of_process))) for k in range(config.eval_batches)]
-    per_seed = np.mean(np.asarray(jax.device_get(losses)), axis=0)
-    return {"step": step_done, **_summarize("eval_loss", per_seed),
-            "eval_tokens": config.eval_batches * tokens_per_step}
+    batches = [prepared.compiled_eval(state.params, state.model_state, global_batch(
+        prepared.source.eval_batch(k * config.batch_size + rows_of_process)))
+        for k in range(config.eval_batches)]
+    row = {"step": step_done}
+    for name, value in eval_means(jax.device_get(batches)).items():
+      row.update(_summarize(f"eval_{name}", value, ensemble=config.ensemble > 1))
+    row[f"eval_{unit}s"] = config.eval_batches * tokens_per_step
+    return row
 
   def save(step_done: int) -> None:
     nonlocal saved_step
@@ -222,23 +263,24 @@ def _run(prepared: build.Prepared, workdir: str, stop: preemption.StopRequests,
         now = time.perf_counter()
         elapsed, steps_taken = now - last_time, done - last_step
         joules = meter.joules()
-        row = {"step": done, "tokens_seen": done * tokens_per_step,
-               "tokens_per_s": steps_taken * tokens_per_step / elapsed,
+        row = {"step": done, f"{unit}s_seen": done * tokens_per_step,
+               f"{unit}s_per_s": steps_taken * tokens_per_step / elapsed,
                "step_time_s": elapsed / steps_taken,
                "energy_j": None if joules is None else joules - last_joules}
         last_joules = joules
         for k, v in metrics.items():
-          row.update(_summarize(k, v))
-        row.update(_summarize("loss_mean", np.mean(np.asarray(losses, np.float64), axis=0)))
+          row.update(_summarize(k, v, ensemble=config.ensemble > 1))
+        row.update(_summarize("loss_mean", np.mean(np.asarray(losses, np.float64), axis=0),
+                              ensemble=config.ensemble > 1))
         rows.append(row)
         if log:
           log.write(row)
         if not (np.isfinite(row["loss"]) and np.isfinite(row["grad_norm"])):
           save(done)  # raises NonFiniteError naming the first bad step
-        bar.set_postfix(loss=f"{row['loss']:.4f}", tok_s=f"{row['tokens_per_s']:.3g}")
+        bar.set_postfix(loss=f"{row['loss']:.4f}", per_s=f"{row[f'{unit}s_per_s']:.3g}")
         if is_main and progress and not on_terminal:
           print(f"step {done}/{config.steps}: loss {row['loss']:.4f}, "
-                f"{row['tokens_per_s']:,.0f} tokens/s", file=sys.stderr, flush=True)
+                f"{row[f'{unit}s_per_s']:,.0f} {unit}s/s", file=sys.stderr, flush=True)
         last_time, last_step = now, done
       if prepared.compiled_eval and (done % config.eval_every == 0 or done == config.steps):
         row = evaluate(done)

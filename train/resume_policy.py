@@ -8,7 +8,7 @@ from typing import Any
 # More steps, another mesh or rule table, other logging / checkpoint / eval frequencies.
 SAFE_TO_CHANGE = ("steps", "log_every", "log_layer_norms", "checkpoint_every",
                   "keep_checkpoints", "checkpoint_steps", "init_from", "eval_every",
-                  "mesh.data", "mesh.fsdp", "mesh.tensor", "mesh.rules",
+                  "eval_batches", "eval_by_position", "mesh.*",
                   # where metrics are mirrored, not what is trained
                   "wandb.project", "wandb.entity", "wandb.mode", "wandb.group", "wandb.name")
 
@@ -37,11 +37,28 @@ def config_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, list[A
   return changes
 
 
+# Keys added to the config since runs were first recorded, each with the value that behaves as
+# runs did before it existed: a checkpoint whose config lacks the key resumes when the value is
+# this one.
+ADDED_KEYS = {"model.family": "decoder", "model.num_experts": 0, "model.experts_per_token": 2,
+              "model.moe_every": 1, "model.capacity_factor": 1.25, "model.shared_experts": 0,
+              "model.expert_d_ff": None, "model.router_aux_loss": 0.01,
+              "model.router_z_loss": 0.001}
+
+
+def is_safe(key: str) -> bool:
+  """Whether a dotted config key may change on resume (``mesh.*``: any mesh axis the rules
+  table names, and the table)."""
+  return any(key == safe or (safe.endswith(".*") and key.startswith(safe[:-1]))
+             for safe in SAFE_TO_CHANGE)
+
+
 def check_resumable(old: dict[str, Any], new: dict[str, Any], checkpoint_step: int
                     ) -> dict[str, list[Any]]:
   """The accepted changes, or a one-line ValueError naming the refused ones."""
   changes = config_changes(old, new)
-  refused = {k: v for k, v in changes.items() if k not in SAFE_TO_CHANGE}
+  refused = {k: (a, b) for k, (a, b) in changes.items()
+             if not is_safe(k) and not (a is None and k in ADDED_KEYS and b == ADDED_KEYS[k])}
   if refused:
     listed = ", ".join(f"{k} ({a!r} -> {b!r})" for k, (a, b) in refused.items())
     raise ValueError(f"the config differs from the checkpointed run at {listed}; only "

@@ -19,48 +19,53 @@ class TrainState:
   step: jax.Array
   params: Any
   opt_state: Any
+  model_state: Any  # the family's mutable collections ({} for most): BatchNorm statistics
   rng: jax.Array  # raw key data (uint32); step keys are fold_in(rng, step): resumable
   first_nonfinite_step: jax.Array  # -1, or the (1-based, as logged) first non-finite step
 
 
-def _params_fn(task, batch_shapes) -> Callable:
-  def init_params(rng):
+def _variables_fn(task, batch_shapes) -> Callable:
+  def init_variables(rng):
     dummy = {k: jax.numpy.zeros(v.shape, v.dtype) for k, v in batch_shapes.items()}
-    return task.init_params(rng, dummy)  # boxed: carries logical axis names
-  return init_params
+    return task.init_variables(rng, dummy)  # boxed: carries logical axis names
+  return init_variables
 
 
 def _init_fn(task, tx: optax.GradientTransformation, batch_shapes) -> Callable:
-  init_params = _params_fn(task, batch_shapes)
+  init_variables = _variables_fn(task, batch_shapes)
 
   def init(rng):
     params_rng, state_rng = jax.random.split(rng)
-    params = nn.meta.unbox(init_params(params_rng))
+    variables = nn.meta.unbox(init_variables(params_rng))
+    params = variables.pop("params")
     return TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
-                      opt_state=tx.init(params), rng=jax.random.key_data(state_rng),
+                      opt_state=tx.init(params), model_state=variables,
+                      rng=jax.random.key_data(state_rng),
                       first_nonfinite_step=jax.numpy.full((), -1, jax.numpy.int32))
   return init
 
 
-def abstract_params(task, batch_shapes) -> Any:
-  """The parameters' shapes, still Flax-boxed with their logical axis names; allocates
-  nothing. Call it under the run's logical-axis rules so an activation axis without a rule is
-  caught here (``models/logical.py``)."""
-  return jax.eval_shape(_params_fn(task, batch_shapes), jax.random.key(0))
+def abstract_variables(task, batch_shapes) -> dict[str, Any]:
+  """The parameters' and model state's shapes (``{"params": ..., <collection>: ...}``), still
+  Flax-boxed with their logical axis names; allocates nothing. Call it under the run's
+  logical-axis rules so an activation axis without a rule is caught here
+  (``models/logical.py``)."""
+  return jax.eval_shape(_variables_fn(task, batch_shapes), jax.random.key(0))
 
 
 def abstract_state(task, tx, batch_shapes, mesh: Mesh, rules, ensemble: int = 1,
-                   boxed_params: Any = None) -> tuple[Any, Any, Any]:
+                   boxed_variables: Any = None) -> tuple[Any, Any, Any]:
   """(shapes, logical PartitionSpecs of one member, NamedShardings) of the state; allocates
   nothing. Optimizer-state leaves shaped like a parameter take that parameter's spec (found by
-  ``optax.tree_map_params``), the rest are replicated. ``boxed_params``: ``abstract_params``'s
+  ``optax.tree_map_params``), the rest are replicated. ``boxed_variables``: ``abstract_variables``'s
   result, if already at hand. With ``ensemble`` > 1 every array gets a
   leading, unsharded seed axis."""
   shapes = jax.eval_shape(_init_fn(task, tx, batch_shapes), jax.random.key(0))
-  if boxed_params is None:  # the caller's, when it traced them already
-    boxed_params = abstract_params(task, batch_shapes)
+  if boxed_variables is None:  # the caller's, when it traced them already
+    boxed_variables = abstract_variables(task, batch_shapes)
   is_spec = lambda x: isinstance(x, PartitionSpec)  # noqa: E731
-  param_specs = nn.get_partition_spec(boxed_params)
+  variable_specs = dict(nn.get_partition_spec(boxed_variables))
+  param_specs = variable_specs.pop("params")
   masked = lambda x: isinstance(x, optax.MaskedNode)  # noqa: E731  a group's absent params
   opt_specs = optax.tree_map_params(
       tx, lambda leaf, spec: leaf if masked(leaf) else spec, shapes.opt_state, param_specs,
@@ -68,7 +73,7 @@ def abstract_state(task, tx, batch_shapes, mesh: Mesh, rules, ensemble: int = 1,
       is_leaf=lambda x: is_spec(x) or masked(x) or isinstance(x, jax.ShapeDtypeStruct))
   scalar = PartitionSpec()
   logical_specs = TrainState(step=scalar, params=param_specs, opt_state=opt_specs,
-                             rng=scalar, first_nonfinite_step=scalar)
+                             model_state=variable_specs, rng=scalar, first_nonfinite_step=scalar)
   placed = logical_specs
   if ensemble > 1:
     placed = jax.tree.map(lambda spec: PartitionSpec(None, *spec), logical_specs,

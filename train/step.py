@@ -31,14 +31,22 @@ def group_norms(prefix: str, tree: Any, stacked: Any) -> dict[str, jax.Array]:
   return {k: jnp.sqrt(v) for k, v in sums.items()}
 
 
+def _weighted_sums(metrics, weight):
+  """{name: (mean, weight)} -> {name: (mean * weight, weight)}, for adding across parts."""
+  return {k: (m * w, w) for k, (m, w) in metrics.items()}, weight
+
+
 def make_train_step(task, tx: optax.GradientTransformation, schedule: optax.Schedule, *,
                     microbatches: int = 1, l1: float = 0.0, l2: float = 0.0,
                     decay_mask: Any = None, layer_norms_stacked: Any = None,
                     unroll_microbatches: bool = False) -> Callable:
   """Returns ``step(state, batch) -> (state, metrics)``, pure and ready for ``jax.jit``.
 
-  The batch is split into ``microbatches`` equal parts whose gradients are averaged, which
-  equals the full-batch gradient of the mean loss. L1/L2 penalties apply where
+  The task gives each batch's mean objective and the weight it covers (target tokens,
+  examples). With ``microbatches`` > 1 the batch is split into equal parts whose gradients and
+  metrics are added weighted by their weights and divided once by the total: the full-batch
+  gradient of the mean even when parts hold different numbers of targets. Model state (e.g.
+  BatchNorm statistics) passes from one microbatch to the next. L1/L2 penalties apply where
   ``decay_mask`` (a tree of bools like the parameters, ``param_roles.decay_mask``) is True:
   matrices, not norms or biases. ``layer_norms_stacked`` (a tree of bools, see
   ``group_norms``) turns on per-group norms of params, grads, updates.
@@ -48,41 +56,50 @@ def make_train_step(task, tx: optax.GradientTransformation, schedule: optax.Sche
   if (l1 or l2) and decay_mask is None:
     raise ValueError("L1/L2 penalties need decay_mask (param_roles.decay_mask)")
 
-  def objective(params, batch, rng):
-    loss, metrics = task.loss(params, batch, rng, train=True)
+  def objective(params, model_state, batch, rng):
+    terms, new_model_state = task.losses(params, model_state, batch, rng, train=True)
+    loss = terms.objective
     if l1 or l2:
       decayed = [p for p, m in zip(jax.tree.leaves(params), jax.tree.leaves(decay_mask)) if m]
       if l1:
         loss = loss + l1 * sum(jnp.sum(jnp.abs(p)) for p in decayed)
       if l2:
         loss = loss + l2 * sum(jnp.sum(jnp.square(p)) for p in decayed)
-    return loss, metrics
+    return loss, (terms.weight, terms.metrics, new_model_state)
 
   grad_fn = jax.value_and_grad(objective, has_aux=True)
 
   def step(state: TrainState, batch) -> tuple[TrainState, dict[str, jax.Array]]:
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     if microbatches == 1:
-      (_, metrics), grads = grad_fn(state.params, batch, rng)
+      (_, (_, metrics, model_state)), grads = grad_fn(state.params, state.model_state, batch,
+                                                      rng)
+      metrics = {k: mean for k, (mean, _) in metrics.items()}
     else:
       # Microbatch i takes rows i, i+M, ...: every device keeps its own rows, no resharding.
       split = jax.tree.map(
           lambda x: x.reshape(x.shape[0] // microbatches, microbatches, *x.shape[1:])
           .swapaxes(0, 1), batch)
 
-      def micro_grads(index, micro):
-        (_, micro_metrics), grads = grad_fn(state.params, micro, jax.random.fold_in(rng, index))
-        return grads, micro_metrics
+      def micro_sums(model_state, index, micro):
+        (_, (weight, metrics, model_state)), grads = grad_fn(
+            state.params, model_state, micro, jax.random.fold_in(rng, index))
+        grads = jax.tree.map(lambda g: g * weight.astype(g.dtype), grads)
+        return (grads, *_weighted_sums(metrics, weight)), model_state
 
       def accumulate(carry, inputs):
-        return jax.tree.map(jnp.add, carry, micro_grads(*inputs)), None
+        sums, model_state = carry
+        new_sums, model_state = micro_sums(model_state, *inputs)
+        return (jax.tree.map(jnp.add, sums, new_sums), model_state), None
 
       first = jax.tree.map(lambda x: x[0], split)
       zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
-                           jax.eval_shape(micro_grads, 0, first))
-      (grads, metrics), _ = jax.lax.scan(accumulate, zeros, (jnp.arange(microbatches), split),
-                                         unroll=microbatches if unroll_microbatches else 1)
-      grads, metrics = jax.tree.map(lambda x: x / microbatches, (grads, metrics))
+                           jax.eval_shape(micro_sums, state.model_state, 0, first)[0])
+      ((grads, metric_sums, weight), model_state), _ = jax.lax.scan(
+          accumulate, (zeros, state.model_state), (jnp.arange(microbatches), split),
+          unroll=microbatches if unroll_microbatches else 1)
+      grads = jax.tree.map(lambda g: g / weight.astype(g.dtype), grads)
+      metrics = {k: total / jnp.maximum(w, 1e-12) for k, (total, w) in metric_sums.items()}
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = dict(metrics)
@@ -98,7 +115,7 @@ def make_train_step(task, tx: optax.GradientTransformation, schedule: optax.Sche
     first_bad = jnp.where((state.first_nonfinite_step < 0) & ~finite, state.step + 1,
                           state.first_nonfinite_step)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                              first_nonfinite_step=first_bad)
+                              model_state=model_state, first_nonfinite_step=first_bad)
     return new_state, metrics
 
   return step

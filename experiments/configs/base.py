@@ -23,14 +23,19 @@ def get_config() -> ml_collections.ConfigDict:
   c.checkpoint_every = 100  # steps between Orbax checkpoints (one is always taken at the end)
   c.keep_checkpoints = 3  # the newest this many are kept
   c.checkpoint_steps = ()  # extra steps to checkpoint at (e.g. WSD branch points)
-  # Start a new run from another run's checkpoint directory <workdir>/checkpoints/<step>
-  # (params, optimizer state, step, RNG, data position): how WSD branches are made.
+  # Start a new run from another run (train/init_from.py). <workdir>/checkpoints/<step>: a
+  # branch, the whole state continues (params, optimizer, step, RNG, data position; how WSD
+  # branches are made). <workdir> or <workdir>:<step>: parameters only, matched by name and
+  # shape (a new head stays freshly initialized); optimizer, step and data start afresh.
   c.init_from = config_dict.placeholder(str)
   c.eval_every = 0  # steps between held-out evaluations (eval_loss rows); 0 = off
   c.eval_batches = 4  # batches of held-out data per evaluation
+  c.eval_by_position = False  # causal_lm: also eval_loss_by_position (a list, one per position)
 
   c.model = ml_collections.ConfigDict()
   m = c.model
+  # decoder | lstm (models/families.py); another family's config file replaces this block
+  m.family = "decoder"
   m.vocab_size = 256
   # Pad the token table and readout to a multiple (e.g. 128: GPT-2's 50,257 then splits over
   # tensor parallelism and its matmuls align); padded logits are masked out of the loss, and
@@ -108,6 +113,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.mesh.data = -1  # -1 fills the devices left over by the other axes
   c.mesh.fsdp = 1
   c.mesh.tensor = 1
+  c.mesh.expert = 1  # expert parallelism: experts (and, outside them, the batch) split here
   c.mesh.rules = "fsdp_tensor"  # fsdp_tensor | replicated (sharding/rules.py)
 
   # Weights & Biases mirror of metrics.jsonl (train/wandb_log.py); needs isoflop[wandb].

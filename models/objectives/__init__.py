@@ -1,0 +1,72 @@
+"""Objectives by name (``config.task``): what turns a model's outputs and a batch into a loss.
+
+An objective declares the batch keys it reads and their logical axes, how to call the model on
+a batch, and returns a ``Terms``: the mean objective to minimize over the ``weight`` units it
+covers (target tokens, examples) and metrics as (mean, weight) pairs. The trainer multiplies
+means by weights, adds them across microbatches and evaluation batches, and divides once, so a
+batch whose microbatches hold different numbers of targets (masked LM, padding) averages
+exactly. Objectives stay free of training mechanics and of any one family.
+"""
+
+import importlib
+from typing import Any, Protocol
+
+import flax.struct
+import jax
+
+_BUILTIN = {
+    "causal_lm": "isoflop.models.objectives.causal_lm",
+}
+_REGISTERED: dict[str, Any] = {}
+
+
+@flax.struct.dataclass
+class Terms:
+  objective: jax.Array  # scalar mean to minimize (loss plus weighted regularizers)
+  weight: jax.Array  # how many units the means cover
+  metrics: dict[str, tuple[jax.Array, jax.Array]]  # name -> (mean, weight); "loss" among them
+
+
+class Objective(Protocol):
+  name: str
+  unit: str  # "token" | "example": what ``weight`` and throughput count
+  batch_axes: dict[str, tuple[str | None, ...]]  # logical axes of every key it may read
+  required_keys: tuple[str, ...]
+
+  def prepare(self, batch: dict[str, jax.Array], rng: jax.Array) -> dict[str, jax.Array]:
+    """The batch the model sees (e.g. masked tokens), deterministic given ``rng``."""
+
+  def model_inputs(self, batch, train: bool) -> tuple[tuple, dict[str, Any]]:
+    """(args, kwargs) of the model's ``__call__`` for this batch."""
+
+  def terms(self, outputs, batch) -> Terms:
+    """The training objective and metrics of a batch."""
+
+  def eval_metrics(self, outputs, batch) -> dict[str, tuple[jax.Array, jax.Array]]:
+    """Held-out metrics (logged as ``eval_<name>``): name -> (mean, weight); may be vectors."""
+
+  def units(self, batch) -> int:
+    """Units (tokens or examples) a batch of this shape trains on, for throughput."""
+
+
+def register(name: str, from_run_config) -> None:
+  """Registers ``from_run_config(run_config) -> Objective`` under ``name``."""
+  _REGISTERED[name] = from_run_config
+
+
+def names() -> list[str]:
+  return sorted(set(_BUILTIN) | set(_REGISTERED))
+
+
+def get(name: str):
+  """``from_run_config`` of the objective called ``name``, or a one-line ValueError."""
+  if name not in _REGISTERED and name in _BUILTIN:
+    importlib.import_module(_BUILTIN[name])  # registers itself
+  if name not in _REGISTERED:
+    raise ValueError(f"unknown task {name!r}; choose one of {names()}")
+  return _REGISTERED[name]
+
+
+def safe_mean(total: jax.Array, weight: jax.Array) -> jax.Array:
+  """total / weight, 0 where nothing is weighted (a microbatch without targets)."""
+  return total / jax.numpy.maximum(weight, 1e-12)
