@@ -30,7 +30,8 @@ RUNS_COLUMNS = (["name", "workdir", "status", "budget", "target_params"]
                 + [f"C_{c}" for c in conventions.ANALYTIC_FLOP_CONVENTIONS + ("measured",)]
                 + ["final_train_loss", "final_eval_loss", "wall_time_s", "steps", "d_model",
                    "n_layers", "branched", "final_train_loss_std", "final_eval_loss_std",
-                   "energy_j", "lr", "parametrization", "C_measured_model"])
+                   "energy_j", "lr", "parametrization", "C_measured_model", "model_family",
+                   "N_active", "N_active_non_embedding"])
 
 
 def _flag_value(value: Any) -> str:
@@ -87,11 +88,17 @@ def runs_row(sweep_dir: str, member: sweep_definition.Member) -> dict[str, Any]:
   record = _read_json(os.path.join(member_dir, "config.json"))
   if record:
     steps = record["config"]["steps"]
-    tokens = steps * record["tokens_per_step"]
-    row.update(D=tokens, steps=steps, d_model=record["config"]["model"]["d_model"],
-               n_layers=record["config"]["model"]["n_layers"],
-               lr=record["config"]["optimizer"]["lr"],
-               parametrization=record["config"]["model"]["parametrization"])
+    model = record["config"]["model"]
+    # D counts the family's unit (tokens; examples for classifiers); C is per that unit.
+    tokens = steps * record[f"{record.get('unit', 'token')}s_per_step"]
+    counts = record["param_counts"]
+    row.update(D=tokens, steps=steps, d_model=model.get("d_model"),
+               n_layers=model.get("n_layers"), lr=record["config"]["optimizer"]["lr"],
+               parametrization=model.get("parametrization"),
+               model_family=record.get("model_family", "decoder"),
+               N_active=counts.get("active", counts["total"]),
+               N_active_non_embedding=counts.get("active_non_embedding",
+                                                 counts["non_embedding"]))
     for c in conventions.N_CONVENTIONS:
       row[f"N_{c}"] = record["n_params"][c]
     for c, per_token in record["flops_per_token"].items():

@@ -5,7 +5,13 @@ Parameter groups (they partition the model's parameters exactly):
   non_embedding  every block's weights plus the final norm
   head           the untied output projection (D*V); zero when tied to the token table
 
-N under each convention:
+A mixture of experts (``num_experts > 0``) has ``moe_layers`` routed layers whose MLP is a router
+(D*E) plus E experts (and ``shared_experts`` always-used ones) of width F_e = expert_dim.
+``active`` counts the parameters one token passes through: everything but the E - k experts it
+is not routed to in each routed layer (``active == total`` for dense models);
+``active_non_embedding`` likewise.
+
+N under each convention (of every parameter, routed or not):
   kaplan      non_embedding (Kaplan et al. 2020 count no vocabulary or position matrices)
   chinchilla  every parameter (Hoffmann et al. 2022 count embeddings)
   palm        the parameters that enter a matmul: non_embedding + the output projection
@@ -18,6 +24,13 @@ L layers, H query heads, G kv heads, Q head size, D width, F hidden width, V voc
   chinchilla  3 x [2 V D (embedding as a one-hot matmul) + L (2 D Q (2H + 2G) + 4 T H Q + 3 H T
               + 2 H Q D + 2 M D F) + 2 D V]         (Hoffmann App. F; M = 3 gated, 2 plain)
   palm        6 N_palm + 12 L H Q T                 (Chowdhery App. B)
+A routed layer's feed-forward FLOPs are those of its k + shared_experts active experts plus the
+router (2 D E forward), i.e. the active path: each convention's N is replaced by its active
+count (kaplan: active non-embedding; palm: that + D V), chinchilla's 2 M D F term becomes
+2 M D F_e (k + S) + 2 D E. What executing a routed layer costs beyond that is implementation,
+not model, and is left out (``routing_overhead_per_token`` counts it): the experts run on all
+E * C capacity slots of a sequence, cf * k per token rather than k, and the one-hot dispatch
+and combine einsums cost 2 E C D each forward (10 E C D forward and backward).
   measured, measured_model   XLA's cost analysis of the compiled step (added by train/;
               see models/conventions.py)
 All three analytic forms count attention over the full T x T square, as the papers do, and
@@ -27,7 +40,7 @@ not model (``param_counts(cfg, padded=True)`` gives the allocated counts).
 
 from isoflop.models import conventions
 from isoflop.models import mlp as mlp_lib
-from isoflop.models import norms
+from isoflop.models import moe, norms
 from isoflop.models.transformer import TransformerConfig
 
 CONVENTIONS = conventions.ANALYTIC_FLOP_CONVENTIONS
@@ -41,15 +54,31 @@ def param_counts(cfg: TransformerConfig, *, padded: bool = False) -> dict[str, i
   d, q, h, g = cfg.d_model, cfg.head_dim, cfg.n_heads, cfg.kv_heads
   bias = cfg.use_bias
   attention = d * q * (h + 2 * g) + h * q * d + (q * (h + 2 * g) + d if bias else 0)
-  n_in = 2 if mlp_lib.is_gated(cfg.activation) else 1
-  mlp = n_in * d * cfg.ff_dim + cfg.ff_dim * d + (n_in * cfg.ff_dim + d if bias else 0)
   norm = norms.norm_param_count(cfg.norm, d, bias)
-  per_layer = attention + mlp + 2 * norm
+  dense_layer = attention + _mlp_params(cfg, cfg.ff_dim) + 2 * norm
+  expert = _mlp_params(cfg, cfg.expert_dim)
+  shared = _mlp_params(cfg, cfg.shared_experts * cfg.expert_dim) if cfg.shared_experts else 0
+  routed_layer = attention + d * cfg.num_experts + cfg.num_experts * expert + shared + 2 * norm
+  moe_layers = cfg.moe_layers
   embedding = vocab * d + (cfg.max_len * d if cfg.positions == "learned" else 0)
   head = 0 if cfg.tie_embeddings else d * vocab
-  non_embedding = cfg.n_layers * per_layer + norm
-  return {"embedding": embedding, "non_embedding": non_embedding, "head": head,
-          "total": embedding + non_embedding + head, "per_layer": per_layer}
+  non_embedding = (cfg.n_layers - moe_layers) * dense_layer + moe_layers * routed_layer + norm
+  inactive = moe_layers * (cfg.num_experts - cfg.experts_per_token) * expert
+  counts = {"embedding": embedding, "non_embedding": non_embedding, "head": head,
+            "total": embedding + non_embedding + head,
+            "active": embedding + non_embedding + head - inactive,
+            "active_non_embedding": non_embedding - inactive}
+  if moe_layers:
+    counts.update(dense_layer=dense_layer, routed_layer=routed_layer, expert=expert)
+  else:
+    counts["per_layer"] = dense_layer
+  return counts
+
+
+def _mlp_params(cfg: TransformerConfig, width: int) -> int:
+  n_in = 2 if mlp_lib.is_gated(cfg.activation) else 1
+  return n_in * cfg.d_model * width + width * cfg.d_model + (
+      n_in * width + cfg.d_model if cfg.use_bias else 0)
 
 
 def n_by_convention(cfg: TransformerConfig) -> dict[str, int]:
@@ -62,21 +91,42 @@ def n_by_convention(cfg: TransformerConfig) -> dict[str, int]:
 
 
 def flops_per_token(cfg: TransformerConfig, seq_len: int) -> dict[str, float]:
-  """Training FLOPs per token (forward and backward) under each analytic convention."""
-  n = n_by_convention(cfg)
+  """Training FLOPs per token (forward and backward) under each analytic convention, along
+  the active path of a mixture of experts."""
+  counts = param_counts(cfg)
   d, q, h, g, t, v = cfg.d_model, cfg.head_dim, cfg.n_heads, cfg.kv_heads, seq_len, cfg.vocab_size
-  layers = cfg.n_layers
+  layers, moe_layers = cfg.n_layers, cfg.moe_layers
   gated_matrices = 3 if mlp_lib.is_gated(cfg.activation) else 2
-  chinchilla_layer = (
+  attention = (
       2 * d * q * (h + 2 * g)  # query, key and value projections
       + 2 * t * h * q  # query @ key logits
       + 3 * h * t  # softmax
       + 2 * t * h * q  # softmax @ value
-      + 2 * h * q * d  # output projection
-      + 2 * gated_matrices * d * cfg.ff_dim)  # feed-forward
-  chinchilla_forward = 2 * v * d + layers * chinchilla_layer + 2 * d * v
+      + 2 * h * q * d)  # output projection
+  dense_ff = 2 * gated_matrices * d * cfg.ff_dim
+  routed_ff = (2 * gated_matrices * d * cfg.expert_dim
+               * (cfg.experts_per_token + cfg.shared_experts) + 2 * d * cfg.num_experts)
+  chinchilla_forward = (2 * v * d + layers * attention + (layers - moe_layers) * dense_ff
+                        + moe_layers * routed_ff + 2 * d * v)
+  active = counts["active_non_embedding"]
   return {
-      "kaplan": 6.0 * n["kaplan"] + 6.0 * layers * t * h * q,
+      "kaplan": 6.0 * active + 6.0 * layers * t * h * q,
       "chinchilla": 3.0 * chinchilla_forward,
-      "palm": 6.0 * n["palm"] + 12.0 * layers * h * q * t,
+      "palm": 6.0 * (active + d * v) + 12.0 * layers * h * q * t,
   }
+
+
+def routing_overhead_per_token(cfg: TransformerConfig, seq_len: int) -> float:
+  """Training FLOPs per token a routed decoder executes beyond the analytic conventions' active
+  path: expert matmuls on empty capacity slots (E * C / L slots per token against k) and the
+  dispatch/combine einsums (10 E C D: 2 forward each, backward 2 for dispatch, 4 for combine,
+  whose router weights also get gradients). Zero for a dense model."""
+  if not cfg.moe_layers:
+    return 0.0
+  slots = cfg.num_experts * moe.capacity(cfg.capacity_factor, cfg.experts_per_token, seq_len,
+                                         cfg.num_experts)
+  gated_matrices = 3 if mlp_lib.is_gated(cfg.activation) else 2
+  expert_matmuls = 6.0 * gated_matrices * cfg.d_model * cfg.expert_dim
+  padding = (slots / seq_len - cfg.experts_per_token) * expert_matmuls
+  dispatch = 10.0 * slots * cfg.d_model
+  return cfg.moe_layers * (padding + dispatch)

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 
 from isoflop.models import attention as attention_lib
 from isoflop.models import mlp as mlp_lib
-from isoflop.models import logical, mup, norms
+from isoflop.models import families, logical, moe, mup, norms, vocab
 
 POSITIONS = ("learned", "rope", "none")
 REMAT_POLICIES: dict[str, Any] = {
@@ -70,6 +70,16 @@ class TransformerConfig:
   mup_base_width: int | None = None  # mup: the width hyperparameters were tuned at
   mup_zero_readout: bool = False  # mup: the readout starts at zero (models/mup.py)
   mup_base_head_dim: int | None = None  # mup: d_head of the base model; None = d_head (fixed)
+  # Mixture of experts (models/moe.py): num_experts > 0 routes the MLP of every moe_every-th
+  # layer to experts_per_token of num_experts experts of width expert_d_ff.
+  num_experts: int = 0
+  experts_per_token: int = 2
+  moe_every: int = 1
+  capacity_factor: float = 1.25  # 0: no capacity limit, no token dropped
+  shared_experts: int = 0  # experts every token uses, each of width expert_d_ff
+  expert_d_ff: int | None = None  # None: d_ff; d_ff / expert_d_ff is the granularity G
+  router_aux_loss: float = 0.01  # load-balancing loss coefficient (Switch Transformer)
+  router_z_loss: float = 0.001  # router z-loss coefficient (ST-MoE)
 
   def __post_init__(self):
     for name in ("vocab_size", "vocab_pad_multiple", "d_model", "n_layers", "n_heads", "max_len",
@@ -102,14 +112,31 @@ class TransformerConfig:
       raise ValueError(f"model.dropout={self.dropout} must be in [0, 1)")
     if self.positions == "rope" and self.head_dim % 2:
       raise ValueError(f"RoPE needs an even head dimension, got d_head={self.head_dim}")
+    self._check_experts()
+
+  def _check_experts(self):
+    if self.num_experts < 0:
+      raise ValueError(f"model.num_experts={self.num_experts} must be 0 (dense) or positive")
+    if not self.num_experts:
+      return
+    if not 1 <= self.experts_per_token <= self.num_experts:
+      raise ValueError(f"model.experts_per_token={self.experts_per_token} must be between 1 "
+                       f"and model.num_experts={self.num_experts}")
+    if self.moe_every <= 0 or self.n_layers % self.moe_every:
+      raise ValueError(f"model.moe_every={self.moe_every} must divide model.n_layers="
+                       f"{self.n_layers} (every moe_every-th layer is routed)")
+    for name in ("capacity_factor", "shared_experts", "router_aux_loss", "router_z_loss"):
+      if getattr(self, name) < 0:
+        raise ValueError(f"model.{name}={getattr(self, name)} must not be negative")
+    if self.expert_d_ff is not None and self.expert_d_ff <= 0:
+      raise ValueError(f"model.expert_d_ff={self.expert_d_ff} must be positive")
 
   @property
   def padded_vocab(self) -> int:
     """Rows of the token table and columns of the readout: vocab_size rounded up to a multiple
     of vocab_pad_multiple, so tensor parallelism can split them and matmuls stay aligned.
     The padded logits are masked out: no token is ever predicted there."""
-    m = self.vocab_pad_multiple
-    return -(-self.vocab_size // m) * m
+    return vocab.padded_size(self.vocab_size, self.vocab_pad_multiple)
 
   @property
   def kv_heads(self) -> int:
@@ -123,13 +150,14 @@ class TransformerConfig:
   def ff_dim(self) -> int:
     return 4 * self.d_model if self.d_ff is None else self.d_ff
 
+  @property
+  def expert_dim(self) -> int:
+    return self.ff_dim if self.expert_d_ff is None else self.expert_d_ff
 
-def _lookup(table_TD: jax.Array, ids_BL: jax.Array, rows: str, dtype) -> jax.Array:
-  """Rows of an embedding table, gathered from a table whose embed dimension is first
-  all-gathered (as FSDP gathers every parameter before use): gathering straight from an
-  embed-sharded table makes XLA rematerialize the whole result to reshard it by batch."""
-  table_TD = logical.constrain(table_TD, (rows, None))
-  return jnp.take(table_TD.astype(dtype), ids_BL, axis=0)
+  @property
+  def moe_layers(self) -> int:
+    """Layers whose MLP is routed: every moe_every-th one (the last of each group)."""
+    return self.n_layers // self.moe_every if self.num_experts else 0
 
 
 def _normal(std: float):
@@ -141,6 +169,7 @@ class Block(nn.Module):
 
   config: TransformerConfig
   deterministic: bool
+  routed: bool = False  # the MLP is a mixture of experts
 
   @nn.compact
   def __call__(self, x_BLD: jax.Array, positions_BL: jax.Array,
@@ -163,13 +192,41 @@ class Block(nn.Module):
         param_dtype=param_dtype,
         name="attention")(norm("attention_norm")(x_BLD), positions_BL, segment_ids_BL)
     x_BLD = x_BLD + nn.Dropout(cfg.dropout, deterministic=self.deterministic)(h_BLD)
-    h_BLD = mlp_lib.Mlp(
-        d_ff=cfg.ff_dim, activation=cfg.activation, use_bias=cfg.use_bias,
-        kernel_init=_normal(hidden_std), out_kernel_init=out_init, dtype=dtype,
-        param_dtype=param_dtype, name="mlp")(norm("mlp_norm")(x_BLD))
+    if self.routed:
+      mlp = moe.MoeMlp(
+          num_experts=cfg.num_experts, experts_per_token=cfg.experts_per_token,
+          d_ff=cfg.expert_dim, activation=cfg.activation, use_bias=cfg.use_bias,
+          capacity_factor=cfg.capacity_factor, shared_experts=cfg.shared_experts,
+          router_aux_loss=cfg.router_aux_loss, router_z_loss=cfg.router_z_loss,
+          kernel_init=_normal(hidden_std), out_kernel_init=out_init,
+          router_init=_normal(hidden_std), dtype=dtype, param_dtype=param_dtype, name="moe")
+    else:
+      mlp = mlp_lib.Mlp(
+          d_ff=cfg.ff_dim, activation=cfg.activation, use_bias=cfg.use_bias,
+          kernel_init=_normal(hidden_std), out_kernel_init=out_init, dtype=dtype,
+          param_dtype=param_dtype, name="mlp")
+    h_BLD = mlp(norm("mlp_norm")(x_BLD))
     x_BLD = x_BLD + nn.Dropout(cfg.dropout, deterministic=self.deterministic)(h_BLD)
     self.sow("intermediates", "block_output", x_BLD)
     return logical.constrain(x_BLD, ("batch", "length", "embed")), None
+
+
+class BlockGroup(nn.Module):
+  """moe_every consecutive blocks, the last one routed: the unit scanned when only every
+  moe_every-th layer is a mixture of experts."""
+
+  config: TransformerConfig
+  deterministic: bool
+
+  @nn.compact
+  def __call__(self, x_BLD, positions_BL, segment_ids_BL):
+    cfg = self.config
+    for i in range(cfg.moe_every):
+      routed = i == cfg.moe_every - 1
+      x_BLD, _ = Block(cfg, self.deterministic, routed=routed,
+                       name="routed" if routed else f"dense_{i}")(x_BLD, positions_BL,
+                                                                  segment_ids_BL)
+    return x_BLD, None
 
 
 class Decoder(nn.Module):
@@ -190,27 +247,33 @@ class Decoder(nn.Module):
         cfg.padded_vocab, cfg.d_model, dtype=dtype, param_dtype=param_dtype,
         embedding_init=nn.with_logical_partitioning(_normal(cfg.init_std), ("vocab", "embed")),
         name="embed")
-    x_BLD = _lookup(embed.embedding, tokens_BL, "vocab", dtype)
+    x_BLD = vocab.lookup(embed.embedding, tokens_BL, "vocab", dtype)
     if cfg.positions == "learned":
       position_embed = nn.Embed(
           cfg.max_len, cfg.d_model, dtype=dtype, param_dtype=param_dtype,
           embedding_init=nn.with_logical_partitioning(_normal(cfg.init_std), ("length", "embed")),
           name="position_embed")
-      x_BLD = x_BLD + _lookup(position_embed.embedding, positions_BL, "length", dtype)
+      x_BLD = x_BLD + vocab.lookup(position_embed.embedding, positions_BL, "length", dtype)
     self.sow("intermediates", "embedding", x_BLD)
     x_BLD = nn.Dropout(cfg.dropout, deterministic=not train)(x_BLD)
     x_BLD = logical.constrain(x_BLD, ("batch", "length", "embed"))
 
-    block = Block
+    # Dense: n_layers Blocks. Every layer routed: n_layers routed Blocks. Every moe_every-th:
+    # n_layers / moe_every groups of moe_every Blocks.
+    block, length, extra = Block, cfg.n_layers, {}
+    if cfg.num_experts and cfg.moe_every == 1:
+      extra = {"routed": True}
+    elif cfg.num_experts:
+      block, length = BlockGroup, cfg.n_layers // cfg.moe_every
     if cfg.remat != "none":
-      block = nn.remat(Block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=False)
+      block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=False)
+    per_layer = {"params": 0, "intermediates": 0, families.AUX_LOSS: 0, families.AUX_METRICS: 0}
     stack = nn.scan(
-        block, variable_axes={"params": 0, "intermediates": 0},
-        split_rngs={"params": True, "dropout": True},
-        in_axes=(nn.broadcast, nn.broadcast), length=cfg.n_layers, unroll=cfg.scan_unroll,
-        metadata_params={nn.PARTITION_NAME: "layers"})
-    x_BLD, _ = stack(cfg, deterministic=not train, name="layers")(x_BLD, positions_BL,
-                                                                  segment_ids_BL)
+        block, variable_axes=per_layer, split_rngs={"params": True, "dropout": True},
+        in_axes=(nn.broadcast, nn.broadcast), length=length,
+        unroll=min(cfg.scan_unroll, length), metadata_params={nn.PARTITION_NAME: "layers"})
+    x_BLD, _ = stack(cfg, deterministic=not train, name="layers", **extra)(
+        x_BLD, positions_BL, segment_ids_BL)
 
     x_BLD = norms.make_norm(cfg.norm, eps=cfg.norm_eps, use_bias=cfg.use_bias, dtype=dtype,
                             param_dtype=param_dtype, name="final_norm")(x_BLD)
@@ -229,9 +292,7 @@ class Decoder(nn.Module):
           name="head")(x_BLD)
     if cfg.parametrization == "mup":
       logits_BLV = logits_BLV * mup.output_multiplier(cfg)
-    if cfg.padded_vocab != cfg.vocab_size:  # padding columns: probability exactly zero
-      real_V = jnp.arange(cfg.padded_vocab) < cfg.vocab_size
-      logits_BLV = jnp.where(real_V, logits_BLV, jnp.finfo(jnp.float32).min)
+    logits_BLV = vocab.mask_padding(logits_BLV, cfg.vocab_size)
     logits_BLV = logical.constrain(logits_BLV, ("batch", "length", "vocab"))
     self.sow("intermediates", "logits", logits_BLV)
     return logits_BLV

@@ -565,3 +565,11 @@ def test_counts_in_messages_agree_with_their_nouns(tmp_path, capsys):
   with pytest.raises(inputs.NotEnoughData, match="found 0 of 1 budget$"):
     approach2.fit(_points(np.array([1e6, 2e6]), np.array([1e8, 5e7]), np.array([3.0, 2.9])),
                   bootstrap=0, seed=0)
+
+
+def test_a_degenerate_fit_gives_an_infinite_frontier_not_a_crash():
+  """A bootstrap or a small sweep can fit A = 0 (no parameter term): G is then 0 and the
+  optimum unbounded; the frontier says so with inf rather than raising."""
+  flat = approach3.Law(E=1.69, A=0.0, B=410.7, alpha=0.34, beta=0.28)
+  frontier = approach3.Optimum(flat).frontier()
+  assert np.isinf(frontier.d_opt(1e20))

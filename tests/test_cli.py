@@ -57,6 +57,15 @@ BAD_INPUTS = {
     "negative_steps": (["--config.steps=-5"], "steps=-5 must be a positive"),
     "sequence_beyond_positions": (["--config.model.max_len=32"], "longer than model.max_len"),
     "cudnn_without_gpu": (["--config.model.attention=cudnn"], "needs an NVIDIA GPU"),
+    "unknown_family": (["--config.model.family=rnn"], "unknown model.family 'rnn'"),
+    "unknown_task": (["--config.task=masked_lm"], "unknown task 'masked_lm'"),
+    "keys_of_another_family": (["--config.model.family=lstm"],
+                               "for model.family='lstm'; its keys are"),
+    "experts_beyond_experts": (["--config.model.num_experts=4",
+                                "--config.model.experts_per_token=5"],
+                               "experts_per_token=5 must be between 1 and model.num_experts=4"),
+    "unknown_mesh_axis": (["--config.mesh.pipeline=2"], "unknown config key config.mesh.pipeline"),
+    "init_from_missing_run": (["--config.init_from=/nonexistent/run"], "holds no checkpoint"),
 }
 
 

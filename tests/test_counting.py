@@ -78,6 +78,33 @@ def test_analytic_flops_agree_with_xla_measured(family, tiny_config):
       record["n_params"]["chinchilla"]
 
 
+@pytest.mark.parametrize("family", ["moe", "lstm"])
+def test_routed_and_recurrent_flops_agree_with_xla_measured(family, tiny_config):
+  """The MoE's active-path count plus its routing overhead (empty capacity slots, dispatch
+  and combine), and the LSTM's count over every timestep, within the same 3% as the dense
+  decoder (PaLM's count: every matmul)."""
+  c = tiny_config
+  c.batch_size, c.seq_len, c.steps = 8, 128, 4
+  if family == "moe":
+    c.model.update(vocab_size=512, d_model=256, n_layers=2, n_heads=4, positions="rope",
+                   norm="rmsnorm", activation="swiglu", use_bias=False, tie_embeddings=False,
+                   num_experts=4, experts_per_token=2, expert_d_ff=352)
+  else:
+    from isoflop.experiments.configs import base
+    from isoflop.models.lstm import LstmConfig
+    c.model = base.family_model_block("lstm", LstmConfig, vocab_size=512, d_model=256,
+                                      d_hidden=384, d_proj=256)
+  record = build.prepare(c, devices=jax.devices()[:1]).record
+  flops = record["flops_per_token"]
+  cfg = families.model_config(c)
+  overhead = counting.routing_overhead_per_token(cfg, c.seq_len) if family == "moe" else 0.0
+  assert flops["palm"] + overhead == pytest.approx(flops["measured"], rel=0.03)
+  counts = record["param_counts"]
+  assert (counts["active"] < counts["total"]) == (family == "moe")
+  if family == "moe":  # the active path, not every expert
+    assert flops["palm"] < 6 * (counts["non_embedding"] + cfg.d_model * cfg.vocab_size)
+
+
 def test_measured_flops_count_every_microbatch_and_name_remat(tiny_config):
   """XLA's cost analysis counts a loop body once: the microbatch loop must not divide the
   count. ``measured`` includes remat's recomputation (hardware FLOPs), ``measured_model``

@@ -1,4 +1,5 @@
-"""The notebook path: import the model, build a config, init and apply; nothing else."""
+"""The notebook path: import a model (the decoder, dense or MoE, and the LSTM), build its config,
+init and apply; nothing else."""
 
 import subprocess
 import sys
@@ -17,6 +18,18 @@ def test_model_import_needs_no_training_config_mesh_or_flags(tmp_path):
       logits = model.apply({"params": params}, tokens)
       assert logits.shape == (2, 8, 97), logits.shape
       assert bool(jnp.isfinite(logits).all())
+      # A mixture of experts is a decoder config; the LSTM is its own package.
+      moe_cfg = transformer.TransformerConfig(vocab_size=97, d_model=32, n_layers=2, n_heads=4,
+                                              num_experts=4, experts_per_token=2)
+      moe = transformer.Decoder(moe_cfg)
+      variables = moe.init(jax.random.key(0), tokens)
+      logits, aux = moe.apply({"params": variables["params"]}, tokens,
+                              mutable=["aux_loss", "aux_metrics"])
+      assert logits.shape == (2, 8, 97) and "router_balance" in str(aux["aux_loss"])
+      from isoflop.models.lstm import LstmConfig, LstmLm
+      lstm = LstmLm(LstmConfig(vocab_size=97, d_model=32, n_layers=2))
+      lstm_params = lstm.init(jax.random.key(0), tokens)["params"]
+      assert lstm.apply({"params": lstm_params}, tokens).shape == (2, 8, 97)
       loaded = [m for m in sys.modules if m.startswith(("isoflop.train", "isoflop.sharding",
                                                         "isoflop.experiments", "ml_collections"))]
       assert not loaded, loaded

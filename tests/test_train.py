@@ -4,6 +4,7 @@ import json
 
 import jax
 import numpy as np
+import pytest
 
 from isoflop.models import conventions
 from isoflop.train import loop
@@ -16,23 +17,52 @@ def _losses(result):
   return np.array([row["loss"] for row in result.rows])
 
 
-def test_sharded_2x2x2_matches_one_device(tiny_config, tmp_path):
+# Each family on a mesh that splits its parameters: its sharded parameter, that leaf's
+# partition spec and the shape of one device's shard.
+SHARDED_FAMILIES = {
+    "decoder": ({"data": 2, "fsdp": 2, "tensor": 2}, ("layers", "attention", "query_kernel"),
+                (None, "fsdp", "tensor", None), (2, 16, 2, 8)),
+    "moe": ({"data": 2, "expert": 2, "tensor": 2}, ("layers", "moe", "wi"),
+            (None, "expert", "fsdp", "tensor"), (2, 2, 32, 32)),
+    "lstm": ({"data": 2, "fsdp": 2, "tensor": 2}, ("layer_1", "recurrent_kernel"),
+             ("fsdp", "tensor", None), (16, 16, 4)),
+}
+
+
+def _family_config(c, family):
+  if family == "moe":
+    c.model.update(num_experts=4, experts_per_token=2, expert_d_ff=64)
+  elif family == "lstm":
+    from isoflop.experiments.configs import base
+    from isoflop.models.lstm import LstmConfig
+    c.model = base.family_model_block("lstm", LstmConfig, vocab_size=64, d_model=32,
+                                      init_std=0.3)
+    c.optimizer.lr = 1e-2
+  return c
+
+
+@pytest.mark.parametrize("family", sorted(SHARDED_FAMILIES))
+def test_sharded_2x2x2_matches_one_device(tiny_config, tmp_path, family):
   c = tiny_config
   c.steps = 12
   c.model.update(n_kv_heads=2, tie_embeddings=False)
-  c.mesh.update(data=2, fsdp=2, tensor=2)
+  c = _family_config(c, family)
+  mesh, leaf_path, spec, shard_shape = SHARDED_FAMILIES[family]
+  c.mesh.update(mesh)
   sharded = loop.train(c, str(tmp_path / "sharded"), progress=False)
-  c.mesh.update(data=1, fsdp=1, tensor=1)
+  c.mesh.update({axis: 1 for axis in mesh})
   single = loop.train(c, str(tmp_path / "single"), devices=jax.devices()[:1], progress=False)
   np.testing.assert_allclose(_losses(sharded), _losses(single), rtol=1e-5)
   # atol: the key bias has an exactly zero true gradient (softmax ignores a shift shared by
   # all keys), so Adam normalizes float rounding into steps of up to lr; weights are ~0.02.
   for a, b in zip(jax.tree.leaves(sharded.state.params), jax.tree.leaves(single.state.params)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
-  # Parameters really are split: fsdp on embed, tensor on heads.
-  kernel = sharded.state.params["layers"]["attention"]["query_kernel"]
-  assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor", None)
-  assert kernel.addressable_shards[0].data.shape == (2, 16, 2, 8)
+  # Parameters really are split as the family's logical axes say.
+  kernel = sharded.state.params
+  for key in leaf_path:
+    kernel = kernel[key]
+  assert kernel.sharding.spec == jax.sharding.PartitionSpec(*spec)
+  assert kernel.addressable_shards[0].data.shape == shard_shape
 
 
 def test_training_approaches_the_source_entropy(tmp_path):

@@ -115,10 +115,13 @@ class Optimum:
 
   def frontier(self) -> powerlaw.Frontier:
     """N_opt(C) = G (C/kappa)^a and D_opt(C) = G^-phi (C/kappa)^b as power laws in C."""
+    # numpy powers: a degenerate fit (A or B = 0, so G = 0) gives inf, flagged downstream,
+    # where Python's float power would raise.
+    g, kappa = np.float64(self.G), np.float64(self.kappa)
     with np.errstate(all="ignore"):
       return powerlaw.Frontier(
-          powerlaw.PowerLaw(self.G * self.kappa ** -self.a, self.a),
-          powerlaw.PowerLaw(self.G ** -self.phi * self.kappa ** -self.b, self.b))
+          powerlaw.PowerLaw(float(g * np.power(kappa, -self.a)), self.a),
+          powerlaw.PowerLaw(float(np.power(g, -self.phi) * np.power(kappa, -self.b)), self.b))
 
   def values(self) -> dict[str, float]:
     return {**self.law.values(), "kappa": self.kappa, "phi": self.phi, "a": self.a,

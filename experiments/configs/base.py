@@ -3,6 +3,9 @@
 Every field can be overridden on the command line as ``--config.a.b=value``.
 """
 
+import dataclasses
+import typing
+
 import ml_collections
 from ml_collections import config_dict
 
@@ -68,6 +71,15 @@ def get_config() -> ml_collections.ConfigDict:
   # a fixed size (n_heads grows with d_model), where that equals SP's 1/sqrt(d_head).
   m.mup_base_head_dim = config_dict.placeholder(int)
   m.mup_zero_readout = False  # mup: True starts the readout at zero (Yang et al. 2022)
+  # Mixture of experts (models/moe.py): 0 experts = dense MLPs.
+  m.num_experts = 0
+  m.experts_per_token = 2  # k: routed experts per token (top-k of a softmax router)
+  m.moe_every = 1  # every n-th layer routes (n_layers divisible by n)
+  m.capacity_factor = 1.25  # slots per expert per sequence = ceil(cf * k * L / E); 0: no limit
+  m.shared_experts = 0  # always-active experts of the expert width
+  m.expert_d_ff = config_dict.placeholder(int)  # None: d_ff (fine-grained: d_ff / G)
+  m.router_aux_loss = 0.01  # coefficient of the Switch load-balancing loss
+  m.router_z_loss = 0.001  # coefficient of the router z-loss
 
   c.optimizer = ml_collections.ConfigDict()
   o = c.optimizer
@@ -124,3 +136,22 @@ def get_config() -> ml_collections.ConfigDict:
   c.wandb.group = config_dict.placeholder(str)  # None: $ISOFLOP_SWEEP_NAME (a sweep's members)
   c.wandb.name = config_dict.placeholder(str)  # None: the workdir's name
   return c
+
+
+def family_model_block(family: str, config_class: type, **values) -> ml_collections.ConfigDict:
+  """A ``c.model`` block for another family: ``family`` and every field of its config
+  dataclass at its default (``None`` defaults become typed placeholders, so the command line
+  can set them), then ``values``. A family's config file assigns it to ``c.model``."""
+  block = ml_collections.ConfigDict()
+  block.family = family
+  for field in dataclasses.fields(config_class):
+    if field.default is None:
+      kinds = [t for t in typing.get_args(field.type) if t is not type(None)]
+      setattr(block, field.name, config_dict.placeholder(kinds[0] if kinds else object))
+    else:
+      setattr(block, field.name, field.default)
+  unknown = set(values) - {f.name for f in dataclasses.fields(config_class)}
+  if unknown:
+    raise ValueError(f"{sorted(unknown)} are not fields of {config_class.__name__}")
+  block.update(values)
+  return block
