@@ -3,6 +3,8 @@
 One frozen config covers GPT-2 shapes (learned positions, LayerNorm, GELU, biases, tied
 embeddings) and Llama shapes (RoPE, RMSNorm, SwiGLU, no biases, untied, grouped-query
 attention). Layers are stacked with ``nn.scan`` so compile time does not grow with depth.
+With ``num_experts > 0`` the MLP of every ``moe_every``-th layer is a routed mixture of experts
+(``models/moe.py``), which sows its balance and z losses into ``aux_loss``.
 Every parameter and activation carries logical axis names only; a mesh never appears here.
 
 Notebook use needs nothing else::

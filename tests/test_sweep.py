@@ -74,6 +74,29 @@ def test_isoflop_members_meet_their_budgets(tmp_path):
   assert sizes[0] < sizes[1] and sizes[2] < sizes[3]
 
 
+@pytest.mark.parametrize("config_name", ["moe_tiny", "lstm_tiny"])
+def test_other_families_are_sized_by_the_shape_rule(tmp_path, config_name):
+  """A sweep over a routed decoder or an LSTM sizes its members through the family's own shape
+  rule and accounting (the MoE by its active-path FLOPs), and each member's overrides give a
+  valid config of the family."""
+  from isoflop.experiments import sweep_estimate
+  from isoflop.models import families
+  path = tmp_path / f"{config_name}.py"
+  path.write_text(_write_sweep_text().replace("experiments/configs/tiny.py",
+                                              f"experiments/configs/{config_name}.py"))
+  sweep, members = _expand(str(path))
+  config = sweep_definition.base_config(sweep, str(path))
+  sizes = []
+  for m in members:
+    counts = sweep_estimate.member_counts(sweep, config, m)
+    assert counts["C"] == pytest.approx(m.budget, rel=0.05)
+    member_config = sweep_definition.resolved_config(config, m)
+    cfg = families.model_config(member_config)
+    assert type(cfg) is families.get(member_config.model.family).config_class
+    sizes.append(cfg.d_model)
+  assert sizes[0] < sizes[1] and sizes[2] < sizes[3]
+
+
 def test_ladder_and_grid_members(tmp_path):
   sweep, ladder = _expand(_write_sweep(tmp_path, "ladder"))
   assert len(ladder) == 2 and ladder[0].overrides["steps"] < ladder[1].overrides["steps"]
