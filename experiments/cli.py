@@ -39,6 +39,11 @@ SUBCOMMAND_HELP = {
     "transfer": ("best learning rate against width from an lr x width sweep (SP vs muP)",
                  "isoflop transfer --workdir=<sweep dir> --out=<dir>",
                  ["isoflop transfer --workdir=runs/mup_lr --out=runs/mup_lr/transfer"]),
+    "compare": ("final loss against N or C, and loss by position, for sweeps side by side",
+                "isoflop compare --workdirs=<sweep dir>,<sweep dir> [--labels=a,b] "
+                "[--x=N_kaplan] --out=<dir>",
+                ["isoflop compare --workdirs=runs/kaplan_fig7_decoder,runs/kaplan_fig7_lstm "
+                 "--labels=Transformer,LSTM --x=N_kaplan --out=runs/fig7"]),
 }
 HELP_ARGS = ("-h", "--help", "--helpshort", "--helpfull")
 EXIT_STATUS_HELP = """\
@@ -320,6 +325,11 @@ def transfer_command(argv: Sequence[str]) -> int:
   return lr_transfer.main(list(argv))
 
 
+def compare_command(argv: Sequence[str]) -> int:
+  from isoflop.experiments.analysis import compare
+  return compare.main(list(argv))
+
+
 def coordcheck_command(argv: Sequence[str]) -> int:
   from isoflop.experiments import coordcheck
   return coordcheck.main(list(argv))
@@ -327,7 +337,7 @@ def coordcheck_command(argv: Sequence[str]) -> int:
 
 SUBCOMMANDS = {"train": train_command, "sweep": sweep_command, "analyze": analyze_command,
                "bench": bench_command, "coordcheck": coordcheck_command,
-               "transfer": transfer_command}
+               "transfer": transfer_command, "compare": compare_command}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

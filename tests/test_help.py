@@ -4,7 +4,7 @@ import pytest
 
 from isoflop.experiments import cli
 
-SUBCOMMANDS = ["train", "sweep", "analyze", "bench", "coordcheck", "transfer"]
+SUBCOMMANDS = ["train", "sweep", "analyze", "bench", "coordcheck", "transfer", "compare"]
 
 
 @pytest.mark.parametrize("flag", ["--help", "-h"])

@@ -1,0 +1,236 @@
+"""``isoflop compare``: sweeps of different families (or variants) side by side.
+
+  isoflop compare --workdirs=runs/fig7_decoder,runs/fig7_lstm --labels=Transformer,LSTM \\
+      --x=N_kaplan --out=runs/fig7
+
+For each sweep (a directory with ``runs.csv``), its finished members' final loss (held-out when
+every member evaluated, else training; seed-ensemble standard deviations as error bars)
+against a ``runs.csv`` column ``--x`` (a parameter count such as ``N_kaplan`` or
+``N_active``, or a compute such as ``C_palm``). Writes to ``--out``:
+
+  compare.json      the points; per sweep a power law loss = a * x^b (least squares in log-log,
+                    no irreducible term: a local description over the sweep's range) and, for
+                    two sweeps, where the two laws cross (and whether that lies inside the
+                    measured range); per member with ``eval_loss_by_position`` its loss at
+                    positions 1, 8, 64, ... and ``context_slope``, the least-squares slope of
+                    loss against ln(position) over positions 16 and later (nats per e-fold of
+                    context: 0 where more context stops helping)
+  loss_vs_<x>.png   loss against x, one series per sweep
+  loss_by_position.png  (when members logged it) loss against position, one panel per sweep
+"""
+
+import json
+import math
+import os
+import sys
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from isoflop.experiments.analysis import analyze, powerlaw
+from isoflop.train import workdir as workdir_lib
+
+PROG = "isoflop compare"
+FIRST_CONTEXT_POSITION = 16  # context_slope ignores the first positions (no context yet)
+
+
+def _final_eval_row(member_dir: str) -> dict[str, Any] | None:
+  path = os.path.join(member_dir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return None
+  rows = [json.loads(line) for line in open(path) if line.strip()]
+  evals = [r for r in rows if "eval_loss" in r]
+  return evals[-1] if evals else None
+
+
+def by_position(losses: Sequence[float]) -> dict[str, Any]:
+  """Loss at positions 1, 8, 64, ... and the slope of loss against ln(position)."""
+  loss = np.asarray(losses, float)
+  positions = np.arange(1, len(loss) + 1)
+  late = positions >= FIRST_CONTEXT_POSITION
+  slope = None
+  if late.sum() >= 2:
+    slope = float(np.polyfit(np.log(positions[late]), loss[late], 1)[0])
+  marks = [p for p in (1, 8, 64, 512, 4096) if p <= len(loss)] + [len(loss)]
+  return {"loss_at_position": {str(p): float(loss[p - 1]) for p in sorted(set(marks))},
+          "context_slope": slope}
+
+
+def load(workdir: str, x: str) -> tuple[pd.DataFrame, str]:
+  path = os.path.join(workdir, "runs.csv")
+  if not os.path.exists(path):
+    raise ValueError(f"{path} not found; pass directories of finished `isoflop sweep` runs")
+  table = pd.read_csv(path)
+  if x not in table.columns:
+    numeric = [c for c in table.columns if c.startswith(("N_", "C_")) or c == "D"]
+    raise ValueError(f"--x={x} is not a column of {path}; choose one of {numeric}")
+  done = table[(table.status == "done") & table[x].notna()]
+  if done.empty:
+    raise ValueError(f"{path} has no finished member with {x}; finish the sweep first")
+  evaluated = done["final_eval_loss"].notna().all()
+  return done.sort_values(x), "final_eval_loss" if evaluated else "final_train_loss"
+
+
+def analyse(workdirs: Sequence[str], labels: Sequence[str], x: str) -> dict[str, Any]:
+  series, laws = {}, {}
+  for workdir, label in zip(workdirs, labels):
+    table, loss_column = load(workdir, x)
+    std_column = f"{loss_column}_std"
+    points = []
+    for _, row in table.iterrows():
+      point = {"name": row["name"], "x": float(row[x]), "loss": float(row[loss_column]),
+               "loss_std": (float(row[std_column]) if std_column in row and
+                            pd.notna(row[std_column]) else None),
+               "model_family": row.get("model_family")}
+      final = _final_eval_row(os.path.join(workdir, str(row["workdir"])))
+      if final and "eval_loss_by_position" in final:
+        point["by_position"] = by_position(final["eval_loss_by_position"])
+        point["eval_loss_by_position"] = final["eval_loss_by_position"]
+      points.append(point)
+    series[label] = {"workdir": workdir, "loss_column": loss_column, "points": points}
+    xs = np.array([p["x"] for p in points])
+    if len(np.unique(xs)) >= 2:
+      law = powerlaw.fit(xs, np.array([p["loss"] for p in points]))
+      laws[label] = {"coefficient": law.coefficient, "exponent": law.exponent}
+  result = {"x": x, "series": series, "power_law": laws, "crossing": None}
+  if len(laws) == 2:
+    result["crossing"] = crossing(series, laws)
+  return result
+
+
+def crossing(series: dict, laws: dict) -> dict[str, Any]:
+  """Where the two fitted laws a1 x^b1 and a2 x^b2 meet, and whether inside both ranges."""
+  (name_1, law_1), (name_2, law_2) = laws.items()
+  if law_1["exponent"] == law_2["exponent"]:
+    return {"x": None, "inside_measured_range": False, "note": "parallel fits: no crossing"}
+  log_x = (math.log(law_2["coefficient"]) - math.log(law_1["coefficient"])) / (
+      law_1["exponent"] - law_2["exponent"])
+  where = math.exp(log_x)
+  low = max(min(p["x"] for p in series[n]["points"]) for n in (name_1, name_2))
+  high = min(max(p["x"] for p in series[n]["points"]) for n in (name_1, name_2))
+  steeper = name_1 if law_1["exponent"] < law_2["exponent"] else name_2
+  return {"x": where, "inside_measured_range": bool(low <= where <= high),
+          "lower_beyond": steeper,
+          "note": f"beyond x = {where:.3g} the fitted laws put {steeper} lower"}
+
+
+def figures(result: dict[str, Any], out: str) -> list[str]:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  written = []
+  fig, ax = plt.subplots(figsize=(5.6, 4.2))
+  colors = plt.cm.tab10(np.arange(len(result["series"])))
+  for color, (label, entry) in zip(colors, result["series"].items()):
+    xs = np.array([p["x"] for p in entry["points"]])
+    ys = np.array([p["loss"] for p in entry["points"]])
+    err = np.array([p["loss_std"] or 0.0 for p in entry["points"]])
+    ax.errorbar(xs, ys, yerr=err if err.any() else None, fmt="o", color=color, capsize=3,
+                label=label)
+    if label in result["power_law"]:
+      law = powerlaw.PowerLaw(**result["power_law"][label])
+      grid = np.geomspace(xs.min(), xs.max(), 50)
+      ax.plot(grid, law(grid), "-", color=color, alpha=0.6,
+              label=f"{label}: {law.coefficient:.3g} x^{law.exponent:.3f}")
+  ax.set_xscale("log")
+  ax.set_xlabel(result["x"])
+  ax.set_ylabel("final loss (" + next(iter(result["series"].values()))["loss_column"] + ")")
+  ax.grid(alpha=0.3, which="both")
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  written.append(_save(fig, os.path.join(out, f"loss_vs_{result['x']}.png")))
+  plt.close(fig)
+
+  with_positions = {label: [p for p in entry["points"] if "eval_loss_by_position" in p]
+                    for label, entry in result["series"].items()}
+  with_positions = {k: v for k, v in with_positions.items() if v}
+  if with_positions:
+    fig, axes = plt.subplots(1, len(with_positions), figsize=(5.2 * len(with_positions), 4.2),
+                             squeeze=False, sharey=True)
+    for ax, (label, points) in zip(axes[0], with_positions.items()):
+      shades = plt.cm.viridis(np.linspace(0, 0.85, len(points)))
+      for shade, point in zip(shades, points):
+        loss = np.asarray(point["eval_loss_by_position"])
+        ax.plot(np.arange(1, len(loss) + 1), loss, color=shade, lw=1.2,
+                label=f"{result['x']} {point['x']:.3g}")
+      ax.set_xscale("log")
+      ax.set_xlabel("token position in the context")
+      ax.set_title(label, fontsize=10)
+      ax.grid(alpha=0.3, which="both")
+      ax.legend(fontsize=7)
+    axes[0, 0].set_ylabel("held-out loss at that position (nats)")
+    fig.tight_layout()
+    written.append(_save(fig, os.path.join(out, "loss_by_position.png")))
+    plt.close(fig)
+  return written
+
+
+def _save(fig, path: str) -> str:
+  fig.savefig(f"{path}.tmp.png", dpi=120)
+  os.replace(f"{path}.tmp.png", path)
+  return path
+
+
+def run(workdirs: Sequence[str], labels: Sequence[str], x: str, out: str) -> dict[str, Any]:
+  """Raises ValueError, in one line, on bad input; an unwritable `out` before reading."""
+  workdir_lib.check_writable(out, flag="--out")
+  result = analyse(workdirs, labels, x)
+  os.makedirs(out, exist_ok=True)
+  slim = json.loads(json.dumps(result))  # the per-position lists stay in metrics.jsonl
+  for entry in slim["series"].values():
+    for point in entry["points"]:
+      point.pop("eval_loss_by_position", None)
+  analyze.write_json_atomically(os.path.join(out, "compare.json"), slim)
+  result["figures"] = figures(result, out)
+  return slim
+
+
+def main(argv: Sequence[str]) -> int:
+  from absl import flags
+  flag_values = flags.FlagValues()
+  flags.DEFINE_list("workdirs", None, "sweep directories to compare, comma-separated",
+                    flag_values=flag_values)
+  flags.DEFINE_list("labels", None, "a label per sweep (default: the directories' names)",
+                    flag_values=flag_values)
+  flags.DEFINE_string("x", "N_kaplan", "the runs.csv column on the x axis (N_kaplan, "
+                      "N_chinchilla, N_active, C_palm, ...)", flag_values=flag_values)
+  flags.DEFINE_string("out", None, "output directory", flag_values=flag_values)
+  from isoflop.experiments import cli
+  try:
+    cli.parse_flags(flag_values, argv)  # --help: cli.main prints it
+  except flags.Error as e:
+    print(f"{PROG}: error: {' '.join(str(e).split())}", file=sys.stderr)
+    return 2
+  workdirs, out = flag_values.workdirs, flag_values.out
+  if not workdirs or not out:
+    print(f"{PROG}: error: pass --workdirs=<sweep dir>,<sweep dir> and --out=<dir>",
+          file=sys.stderr)
+    return 2
+  labels = flag_values.labels or [os.path.basename(os.path.normpath(w)) for w in workdirs]
+  if len(labels) != len(workdirs):
+    print(f"{PROG}: error: {len(labels)} --labels for {len(workdirs)} --workdirs; give one "
+          "label per sweep", file=sys.stderr)
+    return 2
+  try:
+    result = run(workdirs, labels, flag_values.x, out)
+  except (ValueError, OSError) as e:
+    print(f"{PROG}: error: {' '.join(str(e).split())}", file=sys.stderr)
+    return 2
+  for label, entry in result["series"].items():
+    law = result["power_law"].get(label)
+    line = f"{label}: {len(entry['points'])} runs"
+    if law:
+      line += f", loss = {law['coefficient']:.3g} * {result['x']}^{law['exponent']:.3f}"
+    slopes = [p["by_position"]["context_slope"] for p in entry["points"] if "by_position" in p]
+    if slopes:
+      line += ", context_slope " + ", ".join(f"{s:.3f}" for s in slopes if s is not None)
+    print(line)
+  if result["crossing"]:
+    c = result["crossing"]
+    print(f"crossing: {c['note']}"
+          + (" (inside the measured range)" if c["inside_measured_range"] else
+             " (outside the measured range: an extrapolation)") if c["x"] else c["note"])
+  print(f"wrote {os.path.join(out, 'compare.json')} and figures")
+  return 0

@@ -1,0 +1,71 @@
+"""``isoflop compare``: sweeps side by side, power laws, their crossing, loss by position."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from isoflop.experiments.analysis import compare
+
+
+def _fake_sweep(root, coefficient, exponent, context_slope, seeds_std=None):
+  """Four finished members with loss = coefficient * N^exponent and a per-position loss that
+  falls by ``context_slope`` nats per e-fold of context from position 16 on."""
+  root.mkdir()
+  rows = []
+  for n in (1e4, 3e4, 1e5, 3e5):
+    name = f"n{int(n)}"
+    loss = coefficient * n ** exponent
+    positions = np.arange(1, 65)
+    by_position = loss + np.where(positions < 16, 1.0 / positions, 0.0) + context_slope * np.log(np.maximum(positions, 16) / 64)
+    (root / name).mkdir()
+    (root / name / "metrics.jsonl").write_text(
+        json.dumps({"step": 10, "loss": loss}) + "\n" +
+        json.dumps({"step": 10, "eval_loss": loss,
+                    "eval_loss_by_position": by_position.tolist()}) + "\n")
+    rows.append({"name": name, "workdir": name, "status": "done", "N_kaplan": n,
+                 "final_train_loss": loss, "final_eval_loss": loss,
+                 "final_eval_loss_std": seeds_std, "model_family": "x"})
+  rows.append({**rows[0], "name": "broken", "workdir": "broken", "status": "failed"})
+  pd.DataFrame(rows).to_csv(root / "runs.csv", index=False)
+  return str(root)
+
+
+def test_power_laws_their_crossing_and_context_slopes(tmp_path, capsys):
+  steep = _fake_sweep(tmp_path / "steep", 20.0, -0.25, context_slope=-0.2, seeds_std=0.01)
+  flat = _fake_sweep(tmp_path / "flat", 6.0, -0.12, context_slope=0.0)
+  out = tmp_path / "out"
+  assert compare.main(["isoflop compare", f"--workdirs={steep},{flat}", "--labels=A,B",
+                       f"--out={out}"]) == 0
+  result = json.loads((out / "compare.json").read_text())
+  assert result["power_law"]["A"]["exponent"] == pytest.approx(-0.25, abs=1e-9)
+  assert result["power_law"]["B"]["coefficient"] == pytest.approx(6.0, rel=1e-9)
+  # 20 N^-0.25 = 6 N^-0.12 at N = (20/6)^(1/0.13), about 1.05e4: inside the range [1e4, 3e5].
+  crossing = result["crossing"]
+  assert crossing["x"] == pytest.approx((20 / 6) ** (1 / 0.13), rel=1e-9)
+  assert crossing["inside_measured_range"] and crossing["lower_beyond"] == "A"
+  points = result["series"]["A"]["points"]
+  assert len(points) == 4 and points[0]["loss_std"] == 0.01  # the failed member is left out
+  assert points[0]["by_position"]["context_slope"] == pytest.approx(-0.2, abs=1e-9)
+  assert result["series"]["B"]["points"][0]["by_position"]["context_slope"] == \
+      pytest.approx(0.0, abs=1e-9)
+  assert (out / "loss_vs_N_kaplan.png").exists() and (out / "loss_by_position.png").exists()
+  assert "crossing: beyond x = 1.05e+04 the fitted laws put A lower" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--x=N_nope"], "--x=N_nope is not a column"),
+    (["--labels=one"], "1 --labels for 2 --workdirs"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, message):
+  a = _fake_sweep(tmp_path / "a", 20.0, -0.25, 0.0)
+  b = _fake_sweep(tmp_path / "b", 6.0, -0.12, 0.0)
+  out = tmp_path / "out"
+  assert compare.main(["isoflop compare", f"--workdirs={a},{b}", f"--out={out}", *args]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and message in err[0]
+  assert not (out / "compare.json").exists()
+  assert compare.main(["isoflop compare", f"--workdirs={a},{tmp_path}/none",
+                       f"--out={out}"]) == 2
+  assert "runs.csv not found" in capsys.readouterr().err
