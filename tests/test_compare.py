@@ -14,12 +14,14 @@ def _fake_sweep(root, coefficient, exponent, context_slope, seeds_std=None):
   falls by ``context_slope`` nats per e-fold of context from position 16 on."""
   root.mkdir()
   rows = []
-  for n in (1e4, 3e4, 1e5, 3e5):
+  for i, n in enumerate((1e4, 3e4, 1e5, 3e5)):
     name = f"n{int(n)}"
     loss = coefficient * n ** exponent
     positions = np.arange(1, 65)
     by_position = loss + np.where(positions < 16, 1.0 / positions, 0.0) + context_slope * np.log(np.maximum(positions, 16) / 64)
     (root / name).mkdir()
+    (root / name / "config.json").write_text(
+        json.dumps({"config": {"model": {"num_experts": 4 * (i % 2)}}}))
     (root / name / "metrics.jsonl").write_text(
         json.dumps({"step": 10, "loss": loss}) + "\n" +
         json.dumps({"step": 10, "eval_loss": loss,
@@ -54,9 +56,19 @@ def test_power_laws_their_crossing_and_context_slopes(tmp_path, capsys):
   assert "crossing: beyond x = 1.05e+04 the fitted laws put A lower" in capsys.readouterr().out
 
 
+def test_group_by_splits_a_sweep_by_a_config_value(tmp_path):
+  sweep = _fake_sweep(tmp_path / "moe", 20.0, -0.25, 0.0)
+  result = compare.run([sweep], ["moe"], "N_kaplan", str(tmp_path / "out"),
+                       group_by="model.num_experts")
+  assert {name: [p["x"] for p in entry["points"]] for name, entry in result["series"].items()} \
+      == {"moe num_experts=0": [1e4, 1e5], "moe num_experts=4": [3e4, 3e5]}
+  assert result["crossing"] is not None  # two series, two laws
+
+
 @pytest.mark.parametrize("args, message", [
     (["--x=N_nope"], "--x=N_nope is not a column"),
     (["--labels=one"], "1 --labels for 2 --workdirs"),
+    (["--group_by=model.nope"], "--group_by=model.nope is not a config key"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, message):
   a = _fake_sweep(tmp_path / "a", 20.0, -0.25, 0.0)

@@ -2,8 +2,11 @@
 
   isoflop compare --workdirs=runs/fig7_decoder,runs/fig7_lstm --labels=Transformer,LSTM \\
       --x=N_kaplan --out=runs/fig7
+  isoflop compare --workdirs=runs/moe_vs_dense --group_by=model.num_experts --x=C_palm \\
+      --out=runs/moe_vs_dense/compare
 
-For each sweep (a directory with ``runs.csv``), its finished members' final loss (held-out when
+For each sweep (a directory with ``runs.csv``; with ``--group_by=<config key>`` each value of
+that key within a sweep is its own series), its finished members' final loss (held-out when
 every member evaluated, else training; seed-ensemble standard deviations as error bars)
 against a ``runs.csv`` column ``--x`` (a parameter count such as ``N_kaplan`` or
 ``N_active``, or a compute such as ``C_palm``). Writes to ``--out``:
@@ -57,6 +60,16 @@ def by_position(losses: Sequence[float]) -> dict[str, Any]:
           "context_slope": slope}
 
 
+def log_binned(losses: Sequence[float], bins: int = 24) -> tuple[np.ndarray, np.ndarray]:
+  """Mean loss in log-spaced bins of position (each position alone while bins are narrower
+  than one): a few hundred sequences per position leave single positions noisy."""
+  loss = np.asarray(losses, float)
+  edges = np.unique(np.round(np.geomspace(1, len(loss) + 1, bins + 1)).astype(int))
+  centres = np.sqrt(edges[:-1] * (edges[1:] - 1).clip(min=edges[:-1]))
+  means = np.array([loss[a - 1:b - 1].mean() for a, b in zip(edges[:-1], edges[1:])])
+  return centres, means
+
+
 def load(workdir: str, x: str) -> tuple[pd.DataFrame, str]:
   path = os.path.join(workdir, "runs.csv")
   if not os.path.exists(path):
@@ -72,28 +85,50 @@ def load(workdir: str, x: str) -> tuple[pd.DataFrame, str]:
   return done.sort_values(x), "final_eval_loss" if evaluated else "final_train_loss"
 
 
-def analyse(workdirs: Sequence[str], labels: Sequence[str], x: str) -> dict[str, Any]:
+def _config_value(member_dir: str, dotted_key: str) -> Any:
+  path = os.path.join(member_dir, "config.json")
+  if not os.path.exists(path):
+    return None
+  node = json.load(open(path))["config"]
+  for part in dotted_key.split("."):
+    if not isinstance(node, dict) or part not in node:
+      raise ValueError(f"--group_by={dotted_key} is not a config key of {path}; pass a dotted "
+                       "key such as model.num_experts")
+    node = node[part]
+  return node
+
+
+def analyse(workdirs: Sequence[str], labels: Sequence[str], x: str,
+            group_by: str | None = None) -> dict[str, Any]:
+  """Points per series: one series per sweep, or per (sweep, value of ``group_by``)."""
   series, laws = {}, {}
   for workdir, label in zip(workdirs, labels):
     table, loss_column = load(workdir, x)
     std_column = f"{loss_column}_std"
-    points = []
     for _, row in table.iterrows():
+      member_dir = os.path.join(workdir, str(row["workdir"]))
       point = {"name": row["name"], "x": float(row[x]), "loss": float(row[loss_column]),
                "loss_std": (float(row[std_column]) if std_column in row and
                             pd.notna(row[std_column]) else None),
                "model_family": row.get("model_family")}
-      final = _final_eval_row(os.path.join(workdir, str(row["workdir"])))
+      final = _final_eval_row(member_dir)
       if final and "eval_loss_by_position" in final:
         point["by_position"] = by_position(final["eval_loss_by_position"])
         point["eval_loss_by_position"] = final["eval_loss_by_position"]
-      points.append(point)
-    series[label] = {"workdir": workdir, "loss_column": loss_column, "points": points}
-    xs = np.array([p["x"] for p in points])
+      name = label
+      if group_by:
+        value = _config_value(member_dir, group_by)
+        name = f"{label} {group_by.split('.')[-1]}={value}"
+      entry = series.setdefault(name, {"workdir": workdir, "loss_column": loss_column,
+                                       "points": []})
+      entry["points"].append(point)
+  for name, entry in series.items():
+    xs = np.array([p["x"] for p in entry["points"]])
     if len(np.unique(xs)) >= 2:
-      law = powerlaw.fit(xs, np.array([p["loss"] for p in points]))
-      laws[label] = {"coefficient": law.coefficient, "exponent": law.exponent}
-  result = {"x": x, "series": series, "power_law": laws, "crossing": None}
+      law = powerlaw.fit(xs, np.array([p["loss"] for p in entry["points"]]))
+      laws[name] = {"coefficient": law.coefficient, "exponent": law.exponent}
+  result = {"x": x, "group_by": group_by, "series": series, "power_law": laws,
+            "crossing": None}
   if len(laws) == 2:
     result["crossing"] = crossing(series, laws)
   return result
@@ -152,15 +187,15 @@ def figures(result: dict[str, Any], out: str) -> list[str]:
     for ax, (label, points) in zip(axes[0], with_positions.items()):
       shades = plt.cm.viridis(np.linspace(0, 0.85, len(points)))
       for shade, point in zip(shades, points):
-        loss = np.asarray(point["eval_loss_by_position"])
-        ax.plot(np.arange(1, len(loss) + 1), loss, color=shade, lw=1.2,
+        centres, means = log_binned(point["eval_loss_by_position"])
+        ax.plot(centres, means, "o-", color=shade, lw=1.2, markersize=3,
                 label=f"{result['x']} {point['x']:.3g}")
       ax.set_xscale("log")
       ax.set_xlabel("token position in the context")
       ax.set_title(label, fontsize=10)
       ax.grid(alpha=0.3, which="both")
       ax.legend(fontsize=7)
-    axes[0, 0].set_ylabel("held-out loss at that position (nats)")
+    axes[0, 0].set_ylabel("held-out loss at that position (nats; log-spaced bins)")
     fig.tight_layout()
     written.append(_save(fig, os.path.join(out, "loss_by_position.png")))
     plt.close(fig)
@@ -173,10 +208,11 @@ def _save(fig, path: str) -> str:
   return path
 
 
-def run(workdirs: Sequence[str], labels: Sequence[str], x: str, out: str) -> dict[str, Any]:
+def run(workdirs: Sequence[str], labels: Sequence[str], x: str, out: str,
+        group_by: str | None = None) -> dict[str, Any]:
   """Raises ValueError, in one line, on bad input; an unwritable `out` before reading."""
   workdir_lib.check_writable(out, flag="--out")
-  result = analyse(workdirs, labels, x)
+  result = analyse(workdirs, labels, x, group_by)
   os.makedirs(out, exist_ok=True)
   slim = json.loads(json.dumps(result))  # the per-position lists stay in metrics.jsonl
   for entry in slim["series"].values():
@@ -196,6 +232,8 @@ def main(argv: Sequence[str]) -> int:
                     flag_values=flag_values)
   flags.DEFINE_string("x", "N_kaplan", "the runs.csv column on the x axis (N_kaplan, "
                       "N_chinchilla, N_active, C_palm, ...)", flag_values=flag_values)
+  flags.DEFINE_string("group_by", None, "a dotted config key (e.g. model.num_experts): one "
+                      "series per value within each sweep", flag_values=flag_values)
   flags.DEFINE_string("out", None, "output directory", flag_values=flag_values)
   from isoflop.experiments import cli
   try:
@@ -214,7 +252,7 @@ def main(argv: Sequence[str]) -> int:
           "label per sweep", file=sys.stderr)
     return 2
   try:
-    result = run(workdirs, labels, flag_values.x, out)
+    result = run(workdirs, labels, flag_values.x, out, flag_values.group_by)
   except (ValueError, OSError) as e:
     print(f"{PROG}: error: {' '.join(str(e).split())}", file=sys.stderr)
     return 2
