@@ -92,6 +92,18 @@ def parse_flags(flag_values, argv: Sequence[str]) -> list[str]:
   return flag_values(list(argv))
 
 
+def parse_flags_or_report(prog: str, flag_values, argv: Sequence[str]) -> bool:
+  """``parse_flags``; on a bad flag prints ``<prog>: error: ...`` in one line and returns
+  False (the caller exits 2)."""
+  from absl import flags
+  try:
+    parse_flags(flag_values, argv)  # --help: cli.main prints it
+  except flags.Error as e:
+    print(f"{prog}: error: {' '.join(str(e).split())}", file=sys.stderr)
+    return False
+  return True
+
+
 def help_text(name: str, flag_values) -> str:
   """A subcommand's usage line, flags (with their help strings) and examples."""
   import textwrap

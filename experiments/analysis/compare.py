@@ -236,10 +236,7 @@ def main(argv: Sequence[str]) -> int:
                       "series per value within each sweep", flag_values=flag_values)
   flags.DEFINE_string("out", None, "output directory", flag_values=flag_values)
   from isoflop.experiments import cli
-  try:
-    cli.parse_flags(flag_values, argv)  # --help: cli.main prints it
-  except flags.Error as e:
-    print(f"{PROG}: error: {' '.join(str(e).split())}", file=sys.stderr)
+  if not cli.parse_flags_or_report(PROG, flag_values, argv):
     return 2
   workdirs, out = flag_values.workdirs, flag_values.out
   if not workdirs or not out:
