@@ -21,7 +21,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from isoflop.experiments import cli, sweep_definition, sweep_worker
-from isoflop.models import conventions
+from isoflop.models import conventions, families
 from isoflop.train import preemption, run_record, wandb_log
 from isoflop.train import workdir as workdir_lib
 
@@ -95,7 +95,7 @@ def runs_row(sweep_dir: str, member: sweep_definition.Member) -> dict[str, Any]:
     row.update(D=tokens, steps=steps, d_model=model.get("d_model"),
                n_layers=model.get("n_layers"), lr=record["config"]["optimizer"]["lr"],
                parametrization=model.get("parametrization"),
-               model_family=record.get("model_family", "decoder"),
+               model_family=record.get("model_family", families.DEFAULT),
                N_active=counts.get("active", counts["total"]),
                N_active_non_embedding=counts.get("active_non_embedding",
                                                  counts["non_embedding"]))

@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 import flax.linen as nn
 
+DEFAULT = "decoder"  # the family of a config without model.family (every run before it existed)
 AUX_LOSS = "aux_loss"
 AUX_METRICS = "aux_metrics"
 TRANSIENT_COLLECTIONS = ("intermediates", AUX_LOSS, AUX_METRICS)
@@ -88,7 +89,15 @@ def model_fields(config) -> dict[str, Any]:
 
 
 def family_of(config) -> Family:
-  return get(config.model.get("family", "decoder"))
+  return get(config.model.get("family", DEFAULT))
+
+
+def field_default(family_name: str, field: str) -> Any:
+  """The default of a field of the family's config dataclass; KeyError if it has none."""
+  for f in dataclasses.fields(get(family_name).config_class):
+    if f.name == field and f.default is not dataclasses.MISSING:
+      return f.default
+  raise KeyError(field)
 
 
 def model_config(config) -> Any:

@@ -338,3 +338,19 @@ def test_dry_run_reports_without_training(tmp_path):
   assert report["param_counts"]["total"] == 120_576
   assert not (tmp_path / "metrics.jsonl").exists()
   assert not (tmp_path / "checkpoints").exists()
+
+
+def test_keys_added_since_a_checkpoint_resume_only_at_their_old_behaviour():
+  """A run recorded before model.family and the MoE keys existed resumes under today's config
+  when those keys hold the values that behave as it did (the family's config defaults)."""
+  from isoflop.experiments.configs import tiny
+  from isoflop.train import resume_policy
+  new = tiny.get_config().to_dict()
+  old = json.loads(json.dumps(new))
+  for key in ("family", "num_experts", "experts_per_token", "expert_d_ff", "router_z_loss"):
+    del old["model"][key]
+  changes = resume_policy.check_resumable(old, new, checkpoint_step=0)
+  assert changes["model.family"] == [None, "decoder"]
+  new["model"]["num_experts"] = 4
+  with pytest.raises(ValueError, match="model.num_experts \\(None -> 4\\)"):
+    resume_policy.check_resumable(old, new, checkpoint_step=0)

@@ -5,6 +5,8 @@ must be what the checkpointed run read."""
 import json
 from typing import Any
 
+from isoflop.models import families
+
 # More steps, another mesh or rule table, other logging / checkpoint / eval frequencies.
 SAFE_TO_CHANGE = ("steps", "log_every", "log_layer_norms", "checkpoint_every",
                   "keep_checkpoints", "checkpoint_steps", "init_from", "eval_every",
@@ -37,13 +39,19 @@ def config_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, list[A
   return changes
 
 
-# Keys added to the config since runs were first recorded, each with the value that behaves as
-# runs did before it existed: a checkpoint whose config lacks the key resumes when the value is
-# this one.
-ADDED_KEYS = {"model.family": "decoder", "model.num_experts": 0, "model.experts_per_token": 2,
-              "model.moe_every": 1, "model.capacity_factor": 1.25, "model.shared_experts": 0,
-              "model.expert_d_ff": None, "model.router_aux_loss": 0.01,
-              "model.router_z_loss": 0.001}
+def _added_key_behaves_as_before(key: str, value: Any, new: dict[str, Any]) -> bool:
+  """A key the checkpointed config lacks (added to the config since) is accepted at the value
+  that behaves as runs did before it existed: ``model.family`` at the default family, and a
+  model key at its family's config default (new model fields default to the old behaviour)."""
+  if key == "model.family":
+    return value == families.DEFAULT
+  if not key.startswith("model.") or key.count(".") != 1:
+    return False
+  try:
+    return value == families.field_default(new["model"].get("family", families.DEFAULT),
+                                           key.split(".", 1)[1])
+  except (KeyError, ValueError):
+    return False
 
 
 def is_safe(key: str) -> bool:
@@ -58,7 +66,7 @@ def check_resumable(old: dict[str, Any], new: dict[str, Any], checkpoint_step: i
   """The accepted changes, or a one-line ValueError naming the refused ones."""
   changes = config_changes(old, new)
   refused = {k: (a, b) for k, (a, b) in changes.items()
-             if not is_safe(k) and not (a is None and k in ADDED_KEYS and b == ADDED_KEYS[k])}
+             if not is_safe(k) and not (a is None and _added_key_behaves_as_before(k, b, new))}
   if refused:
     listed = ", ".join(f"{k} ({a!r} -> {b!r})" for k, (a, b) in refused.items())
     raise ValueError(f"the config differs from the checkpointed run at {listed}; only "
