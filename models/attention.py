@@ -1,4 +1,6 @@
-"""Causal multi-head / grouped-query self-attention.
+"""Multi-head / grouped-query attention: causal or bidirectional self-attention, or
+cross-attention to another sequence, with an optional additive bias on the logits (T5's
+relative positions) and a key mask (padding).
 
 The score computation goes through ``jax.nn.dot_product_attention`` so the implementation is a
 config choice: ``xla`` (any backend) or ``cudnn`` (fused flash attention on NVIDIA GPUs).
@@ -17,7 +19,8 @@ IMPLEMENTATIONS = ("xla", "cudnn")
 
 
 class Attention(nn.Module):
-  """x_BLD -> x_BLD. Query heads H share K/V heads in groups of H // n_kv_heads (GQA)."""
+  """x_BLD -> x_BLD. Query heads H share K/V heads in groups of H // n_kv_heads (GQA).
+  ``causal=False`` lets every position see every other (an encoder)."""
 
   n_heads: int
   n_kv_heads: int
@@ -31,6 +34,7 @@ class Attention(nn.Module):
   out_kernel_init: Callable
   dtype: jnp.dtype
   param_dtype: jnp.dtype
+  causal: bool = True
 
   def _param(self, name, init, shape, names):
     return self.param(name, nn.with_logical_partitioning(init, names), shape,
@@ -56,24 +60,37 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x_BLD: jax.Array, positions_BL: jax.Array,
-               segment_ids_BL: jax.Array | None = None) -> jax.Array:
+               segment_ids_BL: jax.Array | None = None, *, kv_BSD: jax.Array | None = None,
+               bias_BHLS: jax.Array | None = None, key_mask_BS: jax.Array | None = None
+               ) -> jax.Array:
+    """``kv_BSD``: the sequence keys and values come from (cross-attention; no RoPE, no
+    segments); None attends to ``x_BLD`` itself. ``bias_BHLS`` is added to the scaled logits
+    (broadcast over missing leading sizes of 1); ``key_mask_BS`` (True: attend) hides padding."""
+    source_BSD = x_BLD if kv_BSD is None else kv_BSD
     q_BLHK = self._project(x_BLD, self.n_heads, "query")
-    k_BLGK = self._project(x_BLD, self.n_kv_heads, "key")
-    v_BLGK = self._project(x_BLD, self.n_kv_heads, "value")
-    if self.use_rope:
+    k_BLGK = self._project(source_BSD, self.n_kv_heads, "key")
+    v_BLGK = self._project(source_BSD, self.n_kv_heads, "value")
+    if self.use_rope and kv_BSD is None:
       q_BLHK = apply_rope(q_BLHK, positions_BL, self.rope_theta)
       k_BLGK = apply_rope(k_BLGK, positions_BL, self.rope_theta)
     names = ("batch", "length", "heads", "kv")
     q_BLHK = logical.constrain(q_BLHK, names)
     k_BLGK = logical.constrain(k_BLGK, names)
     v_BLGK = logical.constrain(v_BLGK, names)
-    mask_B1LL = None
-    if segment_ids_BL is not None:  # packed documents: attend only within one's own
-      mask_B1LL = (segment_ids_BL[:, :, None] == segment_ids_BL[:, None, :])[:, None]
+    mask_B1LS = None
+    if segment_ids_BL is not None and kv_BSD is None:  # packed documents: only one's own
+      mask_B1LS = (segment_ids_BL[:, :, None] == segment_ids_BL[:, None, :])[:, None]
+    if key_mask_BS is not None:
+      keys_B11S = key_mask_BS.astype(bool)[:, None, None, :]
+      mask_B1LS = keys_B11S if mask_B1LS is None else mask_B1LS & keys_B11S
     if self.is_mutable_collection("intermediates") and not self.is_initializing():
       self._sow_logits(q_BLHK, k_BLGK)
+    if bias_BHLS is not None:
+      bias_BHLS = bias_BHLS.astype(q_BLHK.dtype).reshape((1,) * (4 - bias_BHLS.ndim)
+                                                          + bias_BHLS.shape)
     out_BLHK = jax.nn.dot_product_attention(
-        q_BLHK, k_BLGK, v_BLGK, mask=mask_B1LL, is_causal=True, scale=self.scale,
+        q_BLHK, k_BLGK, v_BLGK, bias=bias_BHLS, mask=mask_B1LS,
+        is_causal=self.causal and kv_BSD is None, scale=self.scale,
         implementation=self.implementation)
     out_BLHK = logical.constrain(out_BLHK, names)
     d_model = x_BLD.shape[-1]

@@ -32,6 +32,8 @@ TRANSIENT_COLLECTIONS = ("intermediates", AUX_LOSS, AUX_METRICS)
 _BUILTIN = {
     "decoder": "isoflop.models.decoder_family",
     "lstm": "isoflop.models.lstm.family",
+    "encoder": "isoflop.models.encoder.family",
+    "encdec": "isoflop.models.encdec.family",
 }
 _REGISTERED: dict[str, "Family"] = {}
 
@@ -48,7 +50,8 @@ class Family:
   # (cfg, padded=False) -> {embedding, non_embedding, head, total, active, ...}
   param_counts: Callable[..., dict[str, int]]
   n_by_convention: Callable[[Any], dict[str, int]]
-  # (cfg, seq_len) -> analytic training FLOPs per unit under each convention it defines
+  # (cfg, seq_len) -> analytic training FLOPs per unit under each convention it defines; an
+  # objective with a second stream (span corruption's targets) adds ``target_len=``
   flops_per_unit: Callable[[Any, int], dict[str, float]]
   # (cfg, remat: bool, seq_len) -> cfg with every loop XLA would count once unrolled (and,
   # with remat=False, without rematerialization)

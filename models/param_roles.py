@@ -4,8 +4,9 @@ Weight decay, the µP learning-rate table, per-layer norms (and later pruning an
 all ask this one labeller, so a new family gets them right by naming its axes.
 
 Roles:
-  embedding  a lookup table: its first axis is indexed by a token (``vocab``) or a position
-             (``length``); a tied table is also the readout, and keeps this role
+  embedding  a lookup table: its first axis is indexed by a token (``vocab``), a position
+             (``length``), a relative-position bucket or a token type; a tied table is also
+             the readout, and keeps this role
   readout    a matrix whose output axis (the last) is ``vocab``: the untied output layer
   hidden     any other matrix: two or more feature dimensions
   vector     one feature dimension: a bias or a norm scale
@@ -29,7 +30,8 @@ KINDS = (EMBEDDING, READOUT, HIDDEN, VECTOR)
 STACK_AXES = ("layers",)
 COPY_AXES = ("expert",)  # independent copies (experts), unless last (a router's output)
 JOINED_AXES = ("kv", "gate")  # a head's own axis, an LSTM's gates: joined to the axis before
-LOOKUP_AXES = ("vocab", "length")  # a table indexed by tokens or positions
+# A table indexed by tokens, positions, relative-position buckets (T5) or token types (BERT).
+LOOKUP_AXES = ("vocab", "length", "position_buckets", "token_types")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +54,7 @@ def role_of(names: Sequence[str | None]) -> Role:
   stacked = names[0] in STACK_AXES
   features = [name for i, name in enumerate(names) if name not in STACK_AXES
               and not (name in COPY_AXES and i < len(names) - 1)]
-  if features and features[0] in LOOKUP_AXES:
+  if len(features) >= 2 and features[0] in LOOKUP_AXES:  # a (vocab,) output bias is a vector
     return Role(EMBEDDING, stacked)
   if len(features) >= 2 and features[-1] == "vocab":
     return Role(READOUT, stacked)

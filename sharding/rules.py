@@ -34,6 +34,7 @@ RULE_SETS: dict[str, Rules] = {
         ("gate", None),  # an LSTM's four gates
         ("length", None),
         ("layers", None),
+        ("position_buckets", None), ("token_types", None),  # T5's relative bias, BERT's types
         ("height", None), ("width", None), ("channels", None),
     ),
     # Pure data parallelism: every device holds every parameter.
@@ -42,6 +43,7 @@ RULE_SETS: dict[str, Rules] = {
         ("batch", ("data", "fsdp", "expert", "tensor")),
         ("vocab", None), ("heads", None), ("mlp", None), ("embed", None),
         ("hidden", None), ("kv", None), ("gate", None), ("length", None), ("layers", None),
+        ("position_buckets", None), ("token_types", None),
         ("height", None), ("width", None), ("channels", None),
     ),
 }

@@ -58,7 +58,13 @@ BAD_INPUTS = {
     "sequence_beyond_positions": (["--config.model.max_len=32"], "longer than model.max_len"),
     "cudnn_without_gpu": (["--config.model.attention=cudnn"], "needs an NVIDIA GPU"),
     "unknown_family": (["--config.model.family=rnn"], "unknown model.family 'rnn'"),
-    "unknown_task": (["--config.task=masked_lm"], "unknown task 'masked_lm'"),
+    "unknown_task": (["--config.task=next_sentence"], "unknown task 'next_sentence'"),
+    "task_the_family_cannot_serve": (["--config.task=masked_lm"],
+                                     "model.family='decoder' cannot serve task='masked_lm'"),
+    "mask_rate_outside_0_1": (["--config=experiments/configs/bert_tiny.py",
+                               "--config.masked_lm.mask_rate=1.5"], "mask_rate=1.5 must be in"),
+    "no_room_for_special_tokens": (["--config=experiments/configs/bert_tiny.py",
+                                    "--config.model.vocab_size=4"], "leaves no room for the 3"),
     "keys_of_another_family": (["--config.model.family=lstm"],
                                "for model.family='lstm'; its keys are"),
     "experts_beyond_experts": (["--config.model.num_experts=4",
@@ -75,8 +81,9 @@ def test_bad_input_is_one_line_and_writes_nothing(name, tmp_path):
   if name == "missing_config_file":
     args, expected = ["--config=experiments/configs/nope.py"], "config file"
   else:
-    args, expected = ["--config=experiments/configs/tiny.py", *BAD_INPUTS[name][0]], \
-        BAD_INPUTS[name][1]
+    args, expected = BAD_INPUTS[name]
+    if not args[0].startswith("--config="):
+      args = ["--config=experiments/configs/tiny.py", *args]
   out = _isoflop("train", f"--workdir={workdir}", *args)
   assert out.returncode == 2, (out.stdout, out.stderr)
   lines = out.stderr.strip().splitlines()

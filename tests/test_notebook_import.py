@@ -1,5 +1,5 @@
-"""The notebook path: import a model (the decoder, dense or MoE, and the LSTM), build its config,
-init and apply; nothing else."""
+"""The notebook path: import a model (the decoder, dense or MoE, the LSTM, the encoder and the
+encoder-decoder), build its config, init and apply; nothing else."""
 
 import subprocess
 import sys
@@ -30,6 +30,11 @@ def test_model_import_needs_no_training_config_mesh_or_flags(tmp_path):
       lstm = LstmLm(LstmConfig(vocab_size=97, d_model=32, n_layers=2))
       lstm_params = lstm.init(jax.random.key(0), tokens)["params"]
       assert lstm.apply({"params": lstm_params}, tokens).shape == (2, 8, 97)
+      from isoflop.models.encoder import Encoder, EncoderConfig
+      encoder = Encoder(EncoderConfig(vocab_size=97, d_model=32, n_layers=2, n_heads=4,
+                                      type_vocab_size=2))
+      encoder_params = encoder.init(jax.random.key(0), tokens)["params"]
+      assert encoder.apply({"params": encoder_params}, tokens).shape == (2, 8, 97)
       loaded = [m for m in sys.modules if m.startswith(("isoflop.train", "isoflop.sharding",
                                                         "isoflop.experiments", "ml_collections"))]
       assert not loaded, loaded

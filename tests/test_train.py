@@ -26,6 +26,8 @@ SHARDED_FAMILIES = {
             (None, "expert", "fsdp", "tensor"), (2, 2, 32, 32)),
     "lstm": ({"data": 2, "fsdp": 2, "tensor": 2}, ("layer_1", "recurrent_kernel"),
              ("fsdp", "tensor", None), (16, 16, 4)),
+    "encoder": ({"data": 2, "fsdp": 2, "tensor": 2}, ("layers", "attention", "query_kernel"),
+                (None, "fsdp", "tensor", None), (2, 16, 2, 8)),
 }
 
 
@@ -38,6 +40,13 @@ def _family_config(c, family):
     c.model = base.family_model_block("lstm", LstmConfig, vocab_size=64, d_model=32,
                                       init_std=0.3)
     c.optimizer.lr = 1e-2
+  elif family == "encoder":  # BERT-shaped, masked LM
+    from isoflop.experiments.configs import base
+    from isoflop.models.encoder import EncoderConfig
+    c.task = "masked_lm"
+    c.model = base.family_model_block("encoder", EncoderConfig, vocab_size=64, d_model=32,
+                                      n_heads=4, n_kv_heads=2, tie_embeddings=False,
+                                      type_vocab_size=2, max_len=None)
   return c
 
 

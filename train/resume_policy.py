@@ -5,7 +5,7 @@ must be what the checkpointed run read."""
 import json
 from typing import Any
 
-from isoflop.models import families
+from isoflop.models import families, objectives
 
 # More steps, another mesh or rule table, other logging / checkpoint / eval frequencies.
 SAFE_TO_CHANGE = ("steps", "log_every", "log_layer_norms", "checkpoint_every",
@@ -54,6 +54,12 @@ def _added_key_behaves_as_before(key: str, value: Any, new: dict[str, Any]) -> b
     return False
 
 
+def _other_objectives_block(key: str, new: dict[str, Any]) -> bool:
+  """A key of another objective's block (``masked_lm.*`` in a causal-LM run): never read."""
+  block = key.split(".", 1)[0]
+  return "." in key and block in objectives.names() and block != new.get("task")
+
+
 def is_safe(key: str) -> bool:
   """Whether a dotted config key may change on resume (``mesh.*``: any mesh axis the rules
   table names, and the table)."""
@@ -66,7 +72,8 @@ def check_resumable(old: dict[str, Any], new: dict[str, Any], checkpoint_step: i
   """The accepted changes, or a one-line ValueError naming the refused ones."""
   changes = config_changes(old, new)
   refused = {k: (a, b) for k, (a, b) in changes.items()
-             if not is_safe(k) and not (a is None and _added_key_behaves_as_before(k, b, new))}
+             if not is_safe(k) and not _other_objectives_block(k, new)
+             and not (a is None and _added_key_behaves_as_before(k, b, new))}
   if refused:
     listed = ", ".join(f"{k} ({a!r} -> {b!r})" for k, (a, b) in refused.items())
     raise ValueError(f"the config differs from the checkpointed run at {listed}; only "

@@ -108,8 +108,14 @@ class Task:
         "param_counts": counts,
         "param_counts_padded": self.family.param_counts(cfg, padded=True),
         "n_params": self.family.n_by_convention(cfg),
-        f"flops_per_{self.unit}": self.family.flops_per_unit(cfg, self.seq_len),
+        f"flops_per_{self.unit}": self.family.flops_per_unit(cfg, self.seq_len,
+                                                            **self._second_stream()),
     }
+
+  def _second_stream(self) -> dict[str, int]:
+    """An encoder-decoder's target length, which its accounting needs besides seq_len."""
+    target_len = getattr(self.objective, "target_len", None)
+    return {} if target_len is None else {"target_len": int(target_len)}
 
   def for_cost_analysis(self, *, remat: bool) -> "Task":
     """The same task with every loop XLA would count once unrolled (layers, timesteps); with

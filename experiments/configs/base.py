@@ -12,7 +12,7 @@ from ml_collections import config_dict
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.task = "causal_lm"
+  c.task = "causal_lm"  # causal_lm | masked_lm | span_corruption (models/objectives)
   c.seed = 0
   c.steps = 100
   c.batch_size = 16  # global sequences per step
@@ -35,9 +35,26 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval_batches = 4  # batches of held-out data per evaluation
   c.eval_by_position = False  # causal_lm: also eval_loss_by_position (a list, one per position)
 
+  # Masked LM (task=masked_lm, model.family=encoder): BERT's recipe. mask_rate of the tokens
+  # are selected (the loss covers them alone); of those, replace_rates = (mask, random, keep)
+  # are replaced by <mask>, by a random token, or left unchanged.
+  c.masked_lm = ml_collections.ConfigDict()
+  c.masked_lm.mask_rate = 0.15
+  c.masked_lm.replace_rates = (0.8, 0.1, 0.1)
+  # Span corruption (task=span_corruption, model.family=encdec): T5's objective. Spans of mean
+  # length mean_span_length cover noise_density of the raw tokens; each becomes one sentinel
+  # in the encoder input (seq_len tokens) and the targets are the sentinels with their spans
+  # (target_len tokens; None: the exact length the layout needs).
+  c.span_corruption = ml_collections.ConfigDict()
+  c.span_corruption.noise_density = 0.15
+  c.span_corruption.mean_span_length = 3.0
+  c.span_corruption.target_len = config_dict.placeholder(int)
+  c.span_corruption.num_sentinels = 100  # T5's extra_ids: at most this many spans a sequence
+
   c.model = ml_collections.ConfigDict()
   m = c.model
-  # decoder | lstm (models/families.py); another family's config file replaces this block
+  # decoder | lstm | encoder | encdec (models/families.py); another family's config file
+  # replaces this block
   m.family = "decoder"
   m.vocab_size = 256
   # Pad the token table and readout to a multiple (e.g. 128: GPT-2's 50,257 then splits over
@@ -144,14 +161,18 @@ def family_model_block(family: str, config_class: type, **values) -> ml_collecti
   can set them), then ``values``. A family's config file assigns it to ``c.model``."""
   block = ml_collections.ConfigDict()
   block.family = family
-  for field in dataclasses.fields(config_class):
-    if field.default is None:
-      kinds = [t for t in typing.get_args(field.type) if t is not type(None)]
-      setattr(block, field.name, config_dict.placeholder(kinds[0] if kinds else object))
-    else:
-      setattr(block, field.name, field.default)
-  unknown = set(values) - {f.name for f in dataclasses.fields(config_class)}
+  fields = {f.name: f for f in dataclasses.fields(config_class)}
+  unknown = set(values) - set(fields)
   if unknown:
     raise ValueError(f"{sorted(unknown)} are not fields of {config_class.__name__}")
-  block.update(values)
+
+  def placeholder(field):
+    kinds = [t for t in typing.get_args(field.type) if t is not type(None)]
+    kind = kinds[0] if kinds else field.type if isinstance(field.type, type) else object
+    return config_dict.placeholder(kind)
+
+  for name, field in fields.items():
+    value = values.get(name, field.default)
+    # None (a derived default, e.g. max_len = seq_len) stays settable from the command line
+    setattr(block, name, placeholder(field) if value is None else value)
   return block

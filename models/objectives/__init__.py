@@ -6,6 +6,13 @@ covers (target tokens, examples) and metrics as (mean, weight) pairs. The traine
 means by weights, adds them across microbatches and evaluation batches, and divides once, so a
 batch whose microbatches hold different numbers of targets (masked LM, padding) averages
 exactly. Objectives stay free of training mechanics and of any one family.
+
+An objective that builds its examples from raw token windows (masked LM, span corruption) also
+has ``make_examples``: the data pipeline (``train/data/examples.py``) cuts windows of
+``window_length(seq_len)`` tokens from any token source and hands them over with one NumPy
+generator per example, seeded by (run seed, example index), so the examples of a step are fixed
+by the seed and the step whatever the batch layout, device count or resume point. Its
+``special_tokens`` (names such as ``<mask>``) get ids after the tokenizer's own.
 """
 
 import importlib
@@ -16,6 +23,8 @@ import jax
 
 _BUILTIN = {
     "causal_lm": "isoflop.models.objectives.causal_lm",
+    "masked_lm": "isoflop.models.objectives.masked_lm",
+    "span_corruption": "isoflop.models.objectives.span_corruption",
 }
 _REGISTERED: dict[str, Any] = {}
 
@@ -47,6 +56,19 @@ class Objective(Protocol):
 
   def units(self, batch) -> int:
     """Units (tokens or examples) a batch of this shape trains on, for throughput."""
+
+
+class ExampleObjective(Objective, Protocol):
+  """An objective that makes its own examples from raw token windows (see the module doc)."""
+  special_tokens: tuple[str, ...]  # names; ids are assigned after the tokenizer's vocabulary
+
+  def window_length(self, seq_len: int) -> int:
+    """Raw tokens each example is made from."""
+
+  def make_examples(self, windows_BR, rngs, special_ids: dict[str, int], vocab_size: int
+                    ) -> dict[str, Any]:
+    """NumPy batch from int32 windows_BR (R = window_length), one ``np.random.Generator`` per
+    row; ``vocab_size`` is the tokenizer's own (ids below it are ordinary tokens)."""
 
 
 def register(name: str, from_run_config) -> None:

@@ -18,21 +18,56 @@ from typing import Any
 import numpy as np
 
 from isoflop.train.data import documents as documents_lib
-from isoflop.train.data import images, synthetic, text, token_cache, tokenizers
+from isoflop.train.data import examples, images, synthetic, text, token_cache, tokenizers
 
 SOURCES = ("synthetic:<kind>", "shakespeare", "files:<glob>", "tfds:<name>", "digits")
 TOKENIZER_DIR = "tokenizer"  # inside the workdir
 
 
+def _example_objective(config):
+  """The run's objective when it makes its own examples from token windows, else None."""
+  from isoflop.models import objectives
+  objective = objectives.get(config.task)(config)
+  return objective if hasattr(objective, "make_examples") else None
+
+
 def make_source(config, *, workdir: str | None = None):
-  """Builds the source of ``config.data``; with ``workdir``, reuses the tokenizer saved there."""
+  """Builds the source of ``config.data``; with ``workdir``, reuses the tokenizer saved there.
+  For an objective that makes its own examples (masked LM, span corruption) the token source
+  is wrapped by ``examples.ExampleSource``."""
   cfg = config.data
   if cfg.tokenizer not in tokenizers.TOKENIZERS:
     raise ValueError(f"unknown data.tokenizer {cfg.tokenizer!r}; choose one of "
                      f"{tokenizers.TOKENIZERS}")
+  objective = _example_objective(config)
+  if objective is None:
+    return _token_source(config, config.seq_len, workdir)
+  window = objective.window_length(config.seq_len)
+  kind = cfg.source.partition(":")[0]
+  if kind == "synthetic":
+    names = examples.special_names(objective, has_tokenizer=False)
+    ordinary = examples.check_room(config.model.vocab_size, names, config.task)
+    base = synthetic.make(cfg.source.partition(":")[2], cfg, ordinary, window - 1, config.seed)
+    tokenizer = None
+  else:
+    base = _token_source(config, window - 1, workdir, document_masking=False)
+    if not isinstance(base, text.TextSource):
+      return base  # images: the task's missing batch keys are reported by train/build.py
+    names = examples.special_names(objective, has_tokenizer=True)
+    tokenizer = examples.SpecialTokens(base.tokenizer, names)
+    ordinary = base.tokenizer.vocab_size
+  special_ids = {name: ordinary + i for i, name in enumerate(names)}
+  special_ids.setdefault(examples.EOS, getattr(tokenizer, "eos_id", None))
+  return examples.ExampleSource(
+      base, objective, config.seed, special_ids, ordinary, ordinary + len(names), window,
+      tokenizer=tokenizer, document_masking=cfg.document_masking)
+
+
+def _token_source(config, seq_len: int, workdir: str | None, document_masking=None):
+  cfg = config.data
   kind, _, argument = cfg.source.partition(":")
   if kind == "synthetic":
-    return synthetic.make(argument, cfg, config.model.vocab_size, config.seq_len, config.seed)
+    return synthetic.make(argument, cfg, config.model.vocab_size, seq_len, config.seed)
   if kind == "digits" and not argument:
     return images.digits(config.seed, cfg.eval_fraction)
   if kind == "shakespeare" and not argument:
@@ -47,10 +82,12 @@ def make_source(config, *, workdir: str | None = None):
                                    text_key=cfg.text_key, max_documents=cfg.max_documents)
   else:
     raise ValueError(f"unknown data.source {cfg.source!r}; choose one of {SOURCES}")
-  return _text_source(config, docs, workdir)
+  return _text_source(config, docs, workdir, seq_len,
+                      cfg.document_masking if document_masking is None else document_masking)
 
 
-def _text_source(config, docs: documents_lib.Documents, workdir: str | None) -> text.TextSource:
+def _text_source(config, docs: documents_lib.Documents, workdir: str | None, seq_len: int,
+                 document_masking: bool) -> text.TextSource:
   cfg = config.data
   cache_dir = cfg.cache_dir or token_cache.default_cache_dir()
   read = functools.cache(lambda: list(docs.read()))
@@ -75,8 +112,8 @@ def _text_source(config, docs: documents_lib.Documents, workdir: str | None) -> 
     arrays = token_cache.load(entry)
   info = {"source": cfg.source, "tokenizer": cfg.tokenizer,
           "tokenizer_identity": tokenizer.identity(), "token_cache": entry}
-  return text.TextSource(arrays["train"], arrays["eval"], config.seq_len, config.seed,
-                         tokenizer, cfg.document_masking, info)
+  return text.TextSource(arrays["train"], arrays["eval"], seq_len, config.seed,
+                         tokenizer, document_masking, info)
 
 
 def _tokenizer(cfg, identity: str, train_documents, cache_dir: str, workdir: str | None):

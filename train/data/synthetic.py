@@ -68,6 +68,13 @@ class _Stream:
   def eval_batch(self, indices: Sequence[int]) -> dict[str, np.ndarray]:
     return self.batch(np.asarray(indices, np.int64) + _EVAL_OFFSET)
 
+  def windows(self, indices: Sequence[int]) -> np.ndarray:
+    """int32[n, seq_len + 1]: the raw examples ``indices``."""
+    return self.examples(indices)
+
+  def eval_windows(self, indices: Sequence[int]) -> np.ndarray:
+    return self.examples(np.asarray(indices, np.int64) + _EVAL_OFFSET)
+
   def describe(self) -> dict:
     return {"vocab_size": self.vocab_size, "entropy_nats": self.entropy_nats}
 

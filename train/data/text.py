@@ -54,6 +54,15 @@ class TextSource:
   def batch(self, indices: Sequence[int]) -> dict[str, np.ndarray]:
     return self._windows(self.train_tokens, [self._order[int(i)] for i in indices])
 
+  def windows(self, indices: Sequence[int]) -> np.ndarray:
+    """int32[n, seq_len + 1]: the raw training windows of examples ``indices``."""
+    batch = self.batch(indices)
+    return np.concatenate([batch["inputs"], batch["targets"][:, -1:]], axis=1)
+
+  def eval_windows(self, indices: Sequence[int]) -> np.ndarray:
+    batch = self.eval_batch(indices)
+    return np.concatenate([batch["inputs"], batch["targets"][:, -1:]], axis=1)
+
   def eval_batch(self, indices: Sequence[int]) -> dict[str, np.ndarray]:
     if self.num_eval_examples == 0:
       raise ValueError("the held-out split holds less than one sequence; raise "

@@ -1,0 +1,60 @@
+"""The encoder family (``model.family=encoder``): ``Encoder`` with BERT's MLM head, for
+``task=masked_lm``, sized by the decoder's shape rule (width one head at a time, depth from
+the aspect ratio)."""
+
+import dataclasses
+from typing import Any
+
+import jax
+
+from isoflop.models import decoder_family, families
+from isoflop.models.encoder import counting
+from isoflop.models.encoder.model import Encoder, EncoderConfig
+
+
+def from_run_config(fields: dict[str, Any], run_config) -> EncoderConfig:
+  """The encoder config of a run (``max_len`` defaults to ``seq_len``), checked against it."""
+  fields = dict(fields)
+  if fields.get("max_len") is None:
+    fields["max_len"] = run_config.seq_len
+  cfg = EncoderConfig(**fields)
+  if cfg.positions == "learned" and run_config.seq_len > cfg.max_len:
+    raise ValueError(f"seq_len={run_config.seq_len} is longer than model.max_len="
+                     f"{cfg.max_len} learned positions; raise model.max_len or lower seq_len")
+  if cfg.attention == "cudnn" and jax.default_backend() != "gpu":
+    raise ValueError(f"model.attention='cudnn' needs an NVIDIA GPU (this backend is "
+                     f"{jax.default_backend()}); use model.attention=xla")
+  return cfg
+
+
+def for_cost_analysis(cfg: EncoderConfig, remat: bool, seq_len: int) -> EncoderConfig:
+  del seq_len
+  changes = {"scan_unroll": cfg.n_layers}
+  if not remat:
+    changes["remat"] = "none"
+  return dataclasses.replace(cfg, **changes)
+
+
+def shape_overrides(cfg: EncoderConfig) -> dict[str, Any]:
+  overrides = {"model.d_model": cfg.d_model, "model.n_layers": cfg.n_layers,
+               "model.n_heads": cfg.n_heads}
+  for key in ("n_kv_heads", "d_ff"):
+    if getattr(cfg, key) is not None:
+      overrides[f"model.{key}"] = getattr(cfg, key)
+  return overrides
+
+
+FAMILY = families.register(families.Family(
+    name="encoder",
+    config_class=EncoderConfig,
+    make_model=Encoder,
+    objectives=("masked_lm",),
+    unit="token",
+    param_counts=counting.param_counts,
+    n_by_convention=counting.n_by_convention,
+    flops_per_unit=counting.flops_per_token,
+    for_cost_analysis=for_cost_analysis,
+    from_run_config=from_run_config,
+    shape_candidates=decoder_family.shape_candidates,  # the same fields drive the same rule
+    shape_overrides=shape_overrides,
+))
