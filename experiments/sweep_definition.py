@@ -40,7 +40,7 @@ from typing import Any
 import ml_collections
 
 from isoflop.experiments import shapes
-from isoflop.models import families
+from isoflop.models import families, objectives
 from isoflop.train import resume_policy
 
 KINDS = ("isoflop", "ladder", "grid")
@@ -167,14 +167,24 @@ def resolved_config(config, member: Member) -> ml_collections.ConfigDict:
   return resolved
 
 
+def _stream_accounting(config, family, model) -> tuple[dict[str, float], int]:
+  """(FLOPs per token by convention, tokens per example) of a run config: an encoder-decoder
+  objective's target tokens count as tokens besides the ``seq_len`` inputs."""
+  target_len = getattr(objectives.get(config.task)(config), "target_len", None)
+  if target_len is None:
+    return family.flops_per_unit(model, config.seq_len), config.seq_len
+  return (family.flops_per_unit(model, config.seq_len, target_len=int(target_len)),
+          config.seq_len + int(target_len))
+
+
 def member_counts(sweep, config, member: Member) -> dict:
   """The member's steps, tokens D, N (under ``n_convention``) and compute C (FLOPs under
   ``flop_convention``), from the counters."""
   resolved = resolved_config(config, member)
   family = families.family_of(resolved)
   model = families.model_config(resolved)
-  tokens = resolved.steps * resolved.batch_size * resolved.seq_len
-  per_token = family.flops_per_unit(model, resolved.seq_len)
+  per_token, tokens_per_example = _stream_accounting(resolved, family, model)
+  tokens = resolved.steps * resolved.batch_size * tokens_per_example
   return {"name": member.name, "steps": resolved.steps, "D": tokens,
           "N": family.n_by_convention(model)[sweep.n_convention],
           "C": per_token[sweep.flop_convention] * tokens,
@@ -277,10 +287,11 @@ def _sized_member(sweep, config, target: float, tokens: float | None, budget: fl
   model, n = shapes.shape_for(target, base, aspect_ratio=rule.aspect_ratio,
                               head_size=rule.head_size, convention=sweep.n_convention,
                               exclude=exclude, family=family)
-  per_token = family.flops_per_unit(model, config.seq_len)[sweep.flop_convention]
+  per_token, tokens_per_example = _stream_accounting(config, family, model)
+  per_token = per_token[sweep.flop_convention]
   if budget is not None:
     tokens = budget / per_token
-  tokens_per_step = config.batch_size * config.seq_len
+  tokens_per_step = config.batch_size * tokens_per_example
   steps = max(int(round(tokens / tokens_per_step)), 1)
   overrides = {**family.shape_overrides(model), "steps": steps}
   if config.optimizer.warmup_steps > steps:

@@ -35,6 +35,11 @@ def test_model_import_needs_no_training_config_mesh_or_flags(tmp_path):
                                       type_vocab_size=2))
       encoder_params = encoder.init(jax.random.key(0), tokens)["params"]
       assert encoder.apply({"params": encoder_params}, tokens).shape == (2, 8, 97)
+      from isoflop.models.encdec import EncDecConfig, EncoderDecoder
+      t5 = EncoderDecoder(EncDecConfig(vocab_size=97, d_model=32, n_heads=4))
+      targets = jnp.ones((2, 5), jnp.int32)
+      t5_params = t5.init(jax.random.key(0), tokens, targets)["params"]
+      assert t5.apply({"params": t5_params}, tokens, targets).shape == (2, 5, 97)
       loaded = [m for m in sys.modules if m.startswith(("isoflop.train", "isoflop.sharding",
                                                         "isoflop.experiments", "ml_collections"))]
       assert not loaded, loaded

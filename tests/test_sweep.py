@@ -74,7 +74,7 @@ def test_isoflop_members_meet_their_budgets(tmp_path):
   assert sizes[0] < sizes[1] and sizes[2] < sizes[3]
 
 
-@pytest.mark.parametrize("config_name", ["moe_tiny", "lstm_tiny", "bert_tiny"])
+@pytest.mark.parametrize("config_name", ["moe_tiny", "lstm_tiny", "bert_tiny", "t5_tiny"])
 def test_other_families_are_sized_by_the_shape_rule(tmp_path, config_name):
   """A sweep over a routed decoder or an LSTM sizes its members through the family's own shape
   rule and accounting (the MoE by its active-path FLOPs), and each member's overrides give a

@@ -28,6 +28,9 @@ SHARDED_FAMILIES = {
              ("fsdp", "tensor", None), (16, 16, 4)),
     "encoder": ({"data": 2, "fsdp": 2, "tensor": 2}, ("layers", "attention", "query_kernel"),
                 (None, "fsdp", "tensor", None), (2, 16, 2, 8)),
+    "encdec": ({"data": 2, "fsdp": 2, "tensor": 2},
+               ("decoder", "layers", "cross_attention", "query_kernel"),
+               (None, "fsdp", "tensor", None), (2, 16, 2, 8)),
 }
 
 
@@ -47,6 +50,13 @@ def _family_config(c, family):
     c.model = base.family_model_block("encoder", EncoderConfig, vocab_size=64, d_model=32,
                                       n_heads=4, n_kv_heads=2, tie_embeddings=False,
                                       type_vocab_size=2, max_len=None)
+  elif family == "encdec":  # T5-shaped, span corruption
+    from isoflop.experiments.configs import base
+    from isoflop.models.encdec import EncDecConfig
+    c.task = "span_corruption"
+    c.span_corruption.num_sentinels = 4
+    c.model = base.family_model_block("encdec", EncDecConfig, vocab_size=64, d_model=32,
+                                      n_heads=4, tie_embeddings=False)
   return c
 
 
