@@ -97,6 +97,12 @@ def test_approach2_recovers_the_exponent_and_is_reproducible():
   low, high = fit["a"]["ci95"]
   assert low <= TRUTH_6N.a <= high
   assert approach2.fit(points, bootstrap=50, seed=0).to_json(5.76e23) == fit
+  # The budgets' minimum losses against C: the slope through the points, inside its interval.
+  c_opt = np.log([p["C"] for p in fit["points"]])
+  slope = np.polyfit(c_opt, np.log([p["loss"] for p in fit["points"]]), 1)[0]
+  law = fit["loss_opt_law"]["c"]
+  assert law["value"] == pytest.approx(slope, rel=1e-9) and law["value"] < 0
+  assert law["ci95"][0] <= law["value"] <= law["ci95"][1]
 
 
 def test_approach2_records_downward_parabolas_and_needs_two_budgets():

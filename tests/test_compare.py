@@ -81,3 +81,37 @@ def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, args, messag
   assert compare.main(["isoflop compare", f"--workdirs={a},{tmp_path}/none",
                        f"--out={out}"]) == 2
   assert "runs.csv not found" in capsys.readouterr().err
+
+
+def _isoflop_sweep(root, a):
+  """Three budgets x five sizes whose loss is a parabola in ln N around N_opt = 1e-3 C^a."""
+  root.mkdir()
+  rows = []
+  for budget in (1e12, 1e13, 1e14):
+    n_opt = 1e-3 * budget ** a
+    for factor in (0.25, 0.5, 1.0, 2.0, 4.0):
+      n = n_opt * factor
+      loss = 5.0 * budget ** -0.05 + 0.1 * np.log(factor) ** 2
+      name = f"C{budget:.0e}_N{n:.3g}"
+      rows.append({"name": name, "workdir": name, "status": "done", "budget": budget,
+                   "N_chinchilla": n, "C_chinchilla": budget, "D": budget / (6 * n),
+                   "final_train_loss": loss, "final_eval_loss": loss})
+  pd.DataFrame(rows).to_csv(root / "runs.csv", index=False)
+  return str(root)
+
+
+def test_frontier_compares_compute_optimal_laws_with_intervals(tmp_path):
+  sweeps = [_isoflop_sweep(tmp_path / "half", 0.5), _isoflop_sweep(tmp_path / "small", 0.2)]
+  out = tmp_path / "out"
+  assert compare.main(["isoflop compare", f"--workdirs={','.join(sweeps)}",
+                       "--labels=half,small", "--x=C_chinchilla", "--frontier",
+                       f"--out={out}"]) == 0
+  result = json.loads((out / "compare.json").read_text())
+  for label, a in (("half", 0.5), ("small", 0.2)):
+    entry = result["series"][label]
+    assert entry["a"]["value"] == pytest.approx(a, abs=1e-6)
+    assert entry["loss_opt_law"]["c"]["value"] == pytest.approx(-0.05, abs=1e-6)
+    assert [p["x"] for p in entry["points"]] == [1e12, 1e13, 1e14]
+  assert (out / "n_opt_vs_C_chinchilla.png").exists()
+  assert compare.main(["isoflop compare", f"--workdirs={sweeps[0]}", "--x=N_kaplan",
+                       "--frontier", f"--out={tmp_path / 'bad'}"]) == 2

@@ -289,6 +289,10 @@ def summary(fit: dict) -> list[str]:
       continue
     lines.append(f"{name}: a = {_interval(entry['a'], 3)}, b = {_interval(entry['b'], 3)}; "
                  f"N_opt({fit['extrapolate_to']:.3g} FLOPs) = {_interval(entry['N_opt'], 3)}")
+    if entry.get("loss_opt_law"):
+      law = entry["loss_opt_law"]
+      lines.append(f"  loss at N_opt: L_opt = H * C**c, c = {_interval(law['c'], 3)}, "
+                   f"H = {_interval(law['H'])}")
     if name == "approach3":
       lines.append("  " + ", ".join(f"{k} = {_interval(entry[k])}"
                                     for k in ("E", "A", "B", "alpha", "beta", "G")))

@@ -126,6 +126,8 @@ class Result:
   frontier: powerlaw.Frontier
   replicates: int  # bootstrap replicates that could be fitted
   budget_column: bool = False
+  loss_law: powerlaw.PowerLaw | None = None  # the budgets' minimum losses against C
+  loss_law_replicates: tuple[powerlaw.PowerLaw, ...] = ()
 
   @property
   def used(self) -> list[Profile]:
@@ -148,6 +150,13 @@ class Result:
                        "on log axes over the budget's points; b fitted on its own"),
         "bootstrap_replicates": self.replicates,
     }
+    if self.loss_law is not None:
+      samples = self.loss_law_replicates
+      result["loss_opt_law"] = {
+          "law": "L_opt = H * C**c: each budget's parabola minimum against its C",
+          "c": powerlaw.estimate(self.loss_law.exponent, [r.exponent for r in samples],
+                                 exponent=True),
+          "H": powerlaw.estimate(self.loss_law.coefficient, [r.coefficient for r in samples])}
     if len(self.used) < 3:
       result["interval_note"] = "no interval: an interval needs >= 3 usable budgets"
     return result
@@ -159,13 +168,23 @@ def fit(points: inputs.Points, bootstrap: int, seed: int) -> Result:
   frontier = _frontier(budgets)
   used = [p for p in budgets if p.rejected is None]
 
-  def replicate(rng: np.random.Generator) -> powerlaw.Frontier:
+  def replicate(rng: np.random.Generator):
     resampled = []
     for p in used:
       rows = rng.integers(0, len(p.n), len(p.n))
       resampled.append(profile(p.n[rows], p.d[rows], p.c[rows], p.loss[rows]))
-    return _frontier(resampled)
+    usable = [p for p in resampled if p.rejected is None]
+    return _frontier(resampled), _loss_law(usable)
 
   replicates = powerlaw.bootstrap(replicate, bootstrap if len(used) >= 3 else 0, seed)
-  return Result(tuple(budgets), powerlaw.with_samples(frontier, replicates), len(replicates),
-                budget_column="budget" in points.table)
+  frontiers = [frontier for frontier, _ in replicates]
+  return Result(tuple(budgets), powerlaw.with_samples(frontier, frontiers), len(replicates),
+                budget_column="budget" in points.table, loss_law=_loss_law(used),
+                loss_law_replicates=tuple(law for _, law in replicates))
+
+
+def _loss_law(profiles: list[Profile]) -> powerlaw.PowerLaw:
+  """The minimum loss of each budget against its C, as a power law (no irreducible term: a
+  local description over the budgets' range)."""
+  return powerlaw.fit(np.array([p.c_opt for p in profiles]),
+                      np.array([p.loss_opt for p in profiles]))

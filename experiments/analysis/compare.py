@@ -20,6 +20,15 @@ against a ``runs.csv`` column ``--x`` (a parameter count such as ``N_kaplan`` or
                     context: 0 where more context stops helping)
   loss_vs_<x>.png   loss against x, one series per sweep
   loss_by_position.png  (when members logged it) loss against position, one panel per sweep
+
+With ``--frontier`` (IsoFLOP sweeps; ``--x`` a compute column such as ``C_chinchilla``) each
+sweep's points are instead its compute-optimal ones, Approach 2's parabola minima per budget
+(N and C under the same convention), with ``loss_opt_law`` (L_opt = H C^c) and ``a``
+(N_opt = G C^a) and their 95% bootstrap intervals as ``isoflop analyze`` computes them; an
+extra figure ``n_opt_vs_<x>.png`` shows N_opt against C:
+
+  isoflop compare --workdirs=runs/objectives_causal_lm,runs/objectives_masked_lm \
+      --labels="causal LM,masked LM" --x=C_chinchilla --frontier --out=runs/objectives
 """
 
 import json
@@ -31,7 +40,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from isoflop.experiments.analysis import analyze, powerlaw
+from isoflop.experiments.analysis import analyze, approach2, inputs, powerlaw
 from isoflop.train import workdir as workdir_lib
 
 PROG = "isoflop compare"
@@ -134,6 +143,58 @@ def analyse(workdirs: Sequence[str], labels: Sequence[str], x: str,
   return result
 
 
+def analyse_frontiers(workdirs: Sequence[str], labels: Sequence[str], x: str,
+                      bootstrap: int = 200, seed: int = 0) -> dict[str, Any]:
+  """Each sweep's compute-optimal points and laws (Approach 2), one series per sweep."""
+  convention = x.removeprefix("C_")
+  if not x.startswith("C_") or convention not in inputs.N_CONVENTIONS:
+    raise ValueError(f"--frontier needs --x=C_<convention> with a matching N, one of "
+                     f"{['C_' + c for c in inputs.N_CONVENTIONS]}; got --x={x}")
+  series, laws = {}, {}
+  for workdir, label in zip(workdirs, labels):
+    points = inputs.from_sweep(workdir, convention, convention)
+    fit = approach2.fit(points, bootstrap, seed).to_json(max(points.table["C"]))
+    series[label] = {"workdir": workdir, "loss_column": points.loss_column + " at N_opt",
+                     "points": [{"name": f"C{p['C']:.3g}", "x": p["C"], "loss": p["loss"],
+                                 "loss_std": None, "N_opt": p["N_opt"],
+                                 "tokens_per_param": p["tokens_per_param"]}
+                                for p in fit["points"]],
+                     "rejected_budgets": fit["rejected_budgets"],
+                     "loss_opt_law": fit.get("loss_opt_law"), "a": fit["a"], "G": fit["G"]}
+    law = fit.get("loss_opt_law")
+    if law:
+      laws[label] = {"coefficient": law["H"]["value"], "exponent": law["c"]["value"]}
+  result = {"x": x, "group_by": None, "frontier": True, "series": series, "power_law": laws,
+            "crossing": None}
+  if len(laws) == 2:
+    result["crossing"] = crossing(series, laws)
+  return result
+
+
+def _n_opt_figure(result: dict[str, Any], out: str, plt) -> str:
+  fig, ax = plt.subplots(figsize=(5.6, 4.2))
+  colors = plt.cm.tab10(np.arange(len(result["series"])))
+  for color, (label, entry) in zip(colors, result["series"].items()):
+    cs = np.array([p["x"] for p in entry["points"]])
+    ax.plot(cs, [p["N_opt"] for p in entry["points"]], "o", color=color)
+    a, g = entry["a"], entry["G"]["value"]
+    ci = a["ci95"]
+    grid = np.geomspace(cs.min(), cs.max(), 50)
+    interval = f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
+    ax.plot(grid, g * grid ** a["value"], "-", color=color, alpha=0.6,
+            label=f"{label}: a = {a['value']:.2f}{interval}")
+  ax.set_xscale("log")
+  ax.set_yscale("log")
+  ax.set_xlabel(result["x"])
+  ax.set_ylabel("N_opt (parameters, Approach 2)")
+  ax.grid(alpha=0.3, which="both")
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  path = _save(fig, os.path.join(out, f"n_opt_vs_{result['x']}.png"))
+  plt.close(fig)
+  return path
+
+
 def crossing(series: dict, laws: dict) -> dict[str, Any]:
   """Where the two fitted laws a1 x^b1 and a2 x^b2 meet, and whether inside both ranges."""
   (name_1, law_1), (name_2, law_2) = laws.items()
@@ -177,6 +238,8 @@ def figures(result: dict[str, Any], out: str) -> list[str]:
   fig.tight_layout()
   written.append(_save(fig, os.path.join(out, f"loss_vs_{result['x']}.png")))
   plt.close(fig)
+  if result.get("frontier"):
+    written.append(_n_opt_figure(result, out, plt))
 
   with_positions = {label: [p for p in entry["points"] if "eval_loss_by_position" in p]
                     for label, entry in result["series"].items()}
@@ -209,10 +272,13 @@ def _save(fig, path: str) -> str:
 
 
 def run(workdirs: Sequence[str], labels: Sequence[str], x: str, out: str,
-        group_by: str | None = None) -> dict[str, Any]:
+        group_by: str | None = None, frontier: bool = False) -> dict[str, Any]:
   """Raises ValueError, in one line, on bad input; an unwritable `out` before reading."""
   workdir_lib.check_writable(out, flag="--out")
-  result = analyse(workdirs, labels, x, group_by)
+  if frontier and group_by:
+    raise ValueError("--frontier and --group_by do not combine; compare whole sweeps")
+  result = (analyse_frontiers(workdirs, labels, x) if frontier
+            else analyse(workdirs, labels, x, group_by))
   os.makedirs(out, exist_ok=True)
   slim = json.loads(json.dumps(result))  # the per-position lists stay in metrics.jsonl
   for entry in slim["series"].values():
@@ -221,6 +287,11 @@ def run(workdirs: Sequence[str], labels: Sequence[str], x: str, out: str,
   analyze.write_json_atomically(os.path.join(out, "compare.json"), slim)
   result["figures"] = figures(result, out)
   return slim
+
+
+def _ci(estimate: dict) -> str:
+  ci = estimate.get("ci95")
+  return f"95% [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "no interval: fewer than 3 budgets"
 
 
 def main(argv: Sequence[str]) -> int:
@@ -235,6 +306,9 @@ def main(argv: Sequence[str]) -> int:
   flags.DEFINE_string("group_by", None, "a dotted config key (e.g. model.num_experts): one "
                       "series per value within each sweep", flag_values=flag_values)
   flags.DEFINE_string("out", None, "output directory", flag_values=flag_values)
+  flags.DEFINE_boolean("frontier", False, "IsoFLOP sweeps: compare their compute-optimal "
+                       "points (Approach 2) and laws, with intervals; --x=C_<convention>",
+                       flag_values=flag_values)
   from isoflop.experiments import cli
   if not cli.parse_flags_or_report(PROG, flag_values, argv):
     return 2
@@ -249,15 +323,20 @@ def main(argv: Sequence[str]) -> int:
           "label per sweep", file=sys.stderr)
     return 2
   try:
-    result = run(workdirs, labels, flag_values.x, out, flag_values.group_by)
+    result = run(workdirs, labels, flag_values.x, out, flag_values.group_by,
+                 flag_values.frontier)
   except (ValueError, OSError) as e:
     print(f"{PROG}: error: {' '.join(str(e).split())}", file=sys.stderr)
     return 2
   for label, entry in result["series"].items():
     law = result["power_law"].get(label)
-    line = f"{label}: {len(entry['points'])} runs"
+    line = f"{label}: {len(entry['points'])} " + ("budgets" if result.get("frontier")
+                                                  else "runs")
     if law:
       line += f", loss = {law['coefficient']:.3g} * {result['x']}^{law['exponent']:.3f}"
+    if result.get("frontier"):
+      c, a = entry["loss_opt_law"], entry["a"]
+      line += (f" ({_ci(c['c'])})" if c else "") + f"; N_opt ~ C^{a['value']:.3f} ({_ci(a)})"
     slopes = [p["by_position"]["context_slope"] for p in entry["points"] if "by_position" in p]
     if slopes:
       line += ", context_slope " + ", ".join(f"{s:.3f}" for s in slopes if s is not None)

@@ -11,7 +11,7 @@ compute-optimal sizes are.
 
 import ml_collections
 
-BUDGETS = (1e10, 3e10, 1e11)
+BUDGETS = (1e10, 3e10, 1e11, 3e11)
 
 
 def common(config: str) -> ml_collections.ConfigDict:
