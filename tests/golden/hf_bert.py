@@ -22,10 +22,20 @@ def write(out_dir: pathlib.Path) -> list[pathlib.Path]:
       intermediate_size=64, max_position_embeddings=16, type_vocab_size=2,
       hidden_act="gelu", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
   model = transformers.BertForMaskedLM(config).eval()
-  with torch.no_grad():  # random biases and norms, so the mapping of each is checked
+  # Every parameter redrawn so activations are of order one (transformers' std-0.02 init gives
+  # logits so small that a wrong mapping could pass under the tolerance): norm scales 1 + 0.1 N,
+  # biases 0.1 N, tables N, matrices N / sqrt(fan-in).
+  with torch.no_grad():
     for name, tensor in model.named_parameters():
-      if name.endswith("bias") or "LayerNorm" in name:
-        tensor.copy_(torch.randn_like(tensor) * 0.1 + (1.0 if name.endswith("weight") else 0.0))
+      noise = torch.randn_like(tensor)
+      if "LayerNorm" in name and name.endswith("weight"):
+        tensor.copy_(1.0 + 0.1 * noise)
+      elif name.endswith("bias"):
+        tensor.copy_(0.1 * noise)
+      elif "embeddings" in name:
+        tensor.copy_(noise)
+      else:
+        tensor.copy_(noise / tensor.shape[1] ** 0.5)
   rng = np.random.default_rng(0)
   tokens = rng.integers(0, config.vocab_size, (2, 12)).astype(np.int64)
   types = np.zeros_like(tokens)
