@@ -39,6 +39,29 @@ def corpus(tmp_path_factory):
   return directory
 
 
+@pytest.mark.parametrize("task", ["masked_lm", "span_corruption"])
+def test_text_feeds_the_example_objectives_with_special_tokens_after_the_pieces(corpus, task):
+  c = _config(source=f"files:{corpus}/*.txt", tokenizer="sentencepiece", vocab_size=320,
+              eval_fraction=0.2)
+  c.task = task
+  c.span_corruption.num_sentinels = 8
+  source = data_lib.make_source(c)
+  pieces = source.tokenizer.base.vocab_size
+  specials = source.objective.special_tokens
+  assert source.vocab_size == pieces + len(specials)
+  assert [source.special_ids[name] for name in specials] == list(range(pieces, source.vocab_size))
+  assert source.special_ids["<eos>"] == source.tokenizer.eos_id < pieces
+  batch = source.batch(np.arange(4))
+  assert set(batch) == set(source.objective.required_keys)
+  assert batch["inputs"].shape == (4, 32) and batch["inputs"].max() < source.vocab_size
+  first_special = pieces + 1  # <mask>, or the first sentinel
+  assert (batch["inputs"] == first_special).any()
+  assert source.tokenizer.decode([first_special]) == specials[1]
+  for key, value in source.batch(np.arange(4)).items():  # deterministic by example index
+    np.testing.assert_array_equal(value, batch[key])
+  assert not np.array_equal(source.eval_batch(np.arange(4))["inputs"], batch["inputs"])
+
+
 def test_ngram_source_has_the_entropy_it_claims():
   source = synthetic.NgramSource(64, 64, seed=0, branching=4, zipf=1.0, max_order=3)
   p = 1 / np.arange(1, 5)

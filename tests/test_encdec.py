@@ -298,20 +298,13 @@ def test_t5_tiny_runs_through_the_task_seam():
 # Hugging Face parity.
 
 @pytest.mark.parametrize("name", ["t5", "t5_v1_1"])
-def test_logits_match_hugging_face_t5(name):
+def test_hugging_face_configs_map_to_t5_and_t5_1_1(name):
+  """The logits themselves are compared in test_hf_parity.py, on the same golden files."""
   with np.load(GOLDEN / f"{name}.npz") as z:
-    golden = {k: z[k] for k in z.files}
-  cfg = hf.config_from_hf(json.loads(str(golden["config_json"])))
-  weights = {k.removeprefix("weight/"): v for k, v in golden.items() if k.startswith("weight/")}
-  call = {k.removeprefix("call/"): jnp.asarray(v) for k, v in golden.items()
-          if k.startswith("call/")}
-  params = hf.params_from_hf(weights, cfg)
-  logits = jax.jit(EncoderDecoder(cfg).apply)({"params": params}, **call)
-  difference = float(np.abs(np.asarray(logits) - golden["logits"]).max())
-  print(f"{name}: max |logits - Hugging Face| = {difference:.2e}")
-  assert difference <= 1e-4
+    cfg = hf.config_from_hf(json.loads(str(z["config_json"])))
   assert cfg.tie_embeddings == (name == "t5")
   assert cfg.activation == ("relu" if name == "t5" else "geglu")
+  assert cfg.attention_scale == 1.0 and cfg.positions == "relative"
 
 
 def _golden_weights(name="t5"):
