@@ -29,7 +29,7 @@ import jax.numpy as jnp
 
 from isoflop.models import attention as attention_lib
 from isoflop.models import mlp as mlp_lib
-from isoflop.models import families, logical, moe, mup, norms, vocab
+from isoflop.models import dims, families, logical, moe, mup, norms, vocab
 
 POSITIONS = ("learned", "rope", "none")
 REMAT_POLICIES: dict[str, Any] = {
@@ -42,7 +42,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclasses.dataclass(frozen=True)
-class TransformerConfig:
+class TransformerConfig(dims.TransformerDims):
   """Shape and behaviour of the decoder. ``None`` fields are derived (see the properties)."""
 
   vocab_size: int = 256
@@ -132,25 +132,6 @@ class TransformerConfig:
         raise ValueError(f"model.{name}={getattr(self, name)} must not be negative")
     if self.expert_d_ff is not None and self.expert_d_ff <= 0:
       raise ValueError(f"model.expert_d_ff={self.expert_d_ff} must be positive")
-
-  @property
-  def padded_vocab(self) -> int:
-    """Rows of the token table and columns of the readout: vocab_size rounded up to a multiple
-    of vocab_pad_multiple, so tensor parallelism can split them and matmuls stay aligned.
-    The padded logits are masked out: no token is ever predicted there."""
-    return vocab.padded_size(self.vocab_size, self.vocab_pad_multiple)
-
-  @property
-  def kv_heads(self) -> int:
-    return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
-
-  @property
-  def head_dim(self) -> int:
-    return self.d_model // self.n_heads if self.d_head is None else self.d_head
-
-  @property
-  def ff_dim(self) -> int:
-    return 4 * self.d_model if self.d_ff is None else self.d_ff
 
   @property
   def expert_dim(self) -> int:

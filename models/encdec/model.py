@@ -35,7 +35,7 @@ import jax.numpy as jnp
 
 from isoflop.models import attention as attention_lib
 from isoflop.models import mlp as mlp_lib
-from isoflop.models import families, logical, norms, transformer, vocab
+from isoflop.models import dims, families, logical, norms, transformer, vocab
 from isoflop.models.encdec import relative
 
 POSITIONS = ("relative", "rope", "none")
@@ -44,7 +44,7 @@ REMAT_POLICIES = transformer.REMAT_POLICIES
 
 
 @dataclasses.dataclass(frozen=True)
-class EncDecConfig:
+class EncDecConfig(dims.TransformerDims):
   """Shape and behaviour of the encoder-decoder. ``None`` fields are derived (properties)."""
 
   vocab_size: int = 256
@@ -113,20 +113,6 @@ class EncDecConfig:
           f"model.relative_max_distance={self.relative_max_distance} must exceed "
           f"relative_buckets // 2 = {self.relative_buckets // 2}, the distances the decoder "
           "buckets exactly; raise it (T5: 128 for 32 buckets)")
-
-  @property
-  def padded_vocab(self) -> int:
-    """Rows of the token table and columns of the readout (see models/vocab.py); the padded
-    logits are masked out."""
-    return vocab.padded_size(self.vocab_size, self.vocab_pad_multiple)
-
-  @property
-  def head_dim(self) -> int:
-    return self.d_model // self.n_heads if self.d_head is None else self.d_head
-
-  @property
-  def ff_dim(self) -> int:
-    return 4 * self.d_model if self.d_ff is None else self.d_ff
 
   @property
   def scale(self) -> float:

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from isoflop.models import attention as attention_lib
-from isoflop.models import logical, norms, vocab
+from isoflop.models import dims, logical, norms, vocab
 from isoflop.models import mlp as mlp_lib
 from isoflop.models.transformer import DTYPES, REMAT_POLICIES
 
@@ -31,7 +31,7 @@ NORM_POSITIONS = ("post", "pre")
 
 
 @dataclasses.dataclass(frozen=True)
-class EncoderConfig:
+class EncoderConfig(dims.TransformerDims):
   """Shape and behaviour of the encoder; the defaults are BERT's choices at a small size."""
 
   vocab_size: int = 256
@@ -87,22 +87,6 @@ class EncoderConfig:
       raise ValueError(f"model.dropout={self.dropout} must be in [0, 1)")
     if self.positions == "rope" and self.head_dim % 2:
       raise ValueError(f"RoPE needs an even head dimension, got d_head={self.head_dim}")
-
-  @property
-  def padded_vocab(self) -> int:
-    return vocab.padded_size(self.vocab_size, self.vocab_pad_multiple)
-
-  @property
-  def kv_heads(self) -> int:
-    return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
-
-  @property
-  def head_dim(self) -> int:
-    return self.d_model // self.n_heads if self.d_head is None else self.d_head
-
-  @property
-  def ff_dim(self) -> int:
-    return 4 * self.d_model if self.d_ff is None else self.d_ff
 
 
 def _normal(std: float):
