@@ -354,3 +354,12 @@ def test_keys_added_since_a_checkpoint_resume_only_at_their_old_behaviour():
   new["model"]["num_experts"] = 4
   with pytest.raises(ValueError, match="model.num_experts \\(None -> 4\\)"):
     resume_policy.check_resumable(old, new, checkpoint_step=0)
+  # The blocks of objectives added since (masked_lm, span_corruption) are never read by a
+  # causal-LM run; the run's own objective's keys stay guarded.
+  new["model"]["num_experts"] = 0
+  del old["masked_lm"], old["span_corruption"]
+  new["masked_lm"]["mask_rate"] = 0.3
+  assert "masked_lm.mask_rate" in resume_policy.check_resumable(old, new, checkpoint_step=0)
+  masked = {**new, "task": "masked_lm"}
+  with pytest.raises(ValueError, match="masked_lm.mask_rate \\(None -> 0.3\\)"):
+    resume_policy.check_resumable({**old, "task": "masked_lm"}, masked, checkpoint_step=0)
