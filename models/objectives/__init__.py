@@ -20,6 +20,8 @@ from typing import Any, Protocol
 
 import flax.struct
 import jax
+import jax.numpy as jnp
+import optax
 
 _BUILTIN = {
     "causal_lm": "isoflop.models.objectives.causal_lm",
@@ -92,3 +94,21 @@ def get(name: str):
 def safe_mean(total: jax.Array, weight: jax.Array) -> jax.Array:
   """total / weight, 0 where nothing is weighted (a microbatch without targets)."""
   return total / jax.numpy.maximum(weight, 1e-12)
+
+
+def weighted_token_terms(logits_BLV, targets_BL, weights_BL) -> Terms:
+  """Mean cross-entropy over the tokens with weight 1 (selected, or real targets), weighted by
+  their count: what masked LM and span corruption train on."""
+  weights_BL = weights_BL.astype(jnp.float32)
+  weight = weights_BL.sum()
+  ce_BL = optax.softmax_cross_entropy_with_integer_labels(logits_BLV, targets_BL)
+  loss = safe_mean((ce_BL * weights_BL).sum(), weight)
+  return Terms(objective=loss, weight=weight, metrics={"loss": (loss, weight)})
+
+
+def weighted_token_metrics(logits_BLV, targets_BL, weights_BL):
+  """Held-out ``loss`` and top-1 ``accuracy`` over the weighted tokens."""
+  terms = weighted_token_terms(logits_BLV, targets_BL, weights_BL)
+  correct_BL = (jnp.argmax(logits_BLV, axis=-1) == targets_BL).astype(jnp.float32)
+  accuracy = safe_mean((correct_BL * weights_BL.astype(jnp.float32)).sum(), terms.weight)
+  return {"loss": terms.metrics["loss"], "accuracy": (accuracy, terms.weight)}

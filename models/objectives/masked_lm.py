@@ -13,9 +13,7 @@ uninterrupted one did.
 
 import dataclasses
 
-import jax.numpy as jnp
 import numpy as np
-import optax
 
 from isoflop.models import objectives
 
@@ -75,22 +73,13 @@ class MaskedLm:
                                 "segment_ids_BL": batch.get("segment_ids"),
                                 "token_types_BL": batch.get("token_types"), "train": train}
 
-  def _sums(self, logits_BLV, batch):
-    weights_BL = batch["target_weights"].astype(jnp.float32)
-    ce_BL = optax.softmax_cross_entropy_with_integer_labels(logits_BLV, batch["targets"])
-    return ce_BL, weights_BL, weights_BL.sum()
-
   def terms(self, logits_BLV, batch) -> objectives.Terms:
-    ce_BL, weights_BL, weight = self._sums(logits_BLV, batch)
-    loss = objectives.safe_mean((ce_BL * weights_BL).sum(), weight)
-    return objectives.Terms(objective=loss, weight=weight, metrics={"loss": (loss, weight)})
+    return objectives.weighted_token_terms(logits_BLV, batch["targets"],
+                                           batch["target_weights"])
 
   def eval_metrics(self, logits_BLV, batch):
-    ce_BL, weights_BL, weight = self._sums(logits_BLV, batch)
-    correct_BL = (jnp.argmax(logits_BLV, axis=-1) == batch["targets"]).astype(jnp.float32)
-    return {"loss": (objectives.safe_mean((ce_BL * weights_BL).sum(), weight), weight),
-            "accuracy": (objectives.safe_mean((correct_BL * weights_BL).sum(), weight),
-                         weight)}
+    return objectives.weighted_token_metrics(logits_BLV, batch["targets"],
+                                             batch["target_weights"])
 
   def units(self, batch) -> int:
     """Tokens the model reads (every position is encoded), not only the selected ones."""

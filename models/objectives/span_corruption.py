@@ -24,9 +24,7 @@ step depend only on the run seed and the example's index.
 
 import dataclasses
 
-import jax.numpy as jnp
 import numpy as np
-import optax
 
 from isoflop.models import objectives
 
@@ -169,22 +167,13 @@ class SpanCorruption:
     return ((batch["inputs"], batch["decoder_inputs"]),
             {"input_mask_BL": batch["input_mask"], "train": train})
 
-  def _sums(self, logits_BTV, batch):
-    weights_BT = batch["target_weights"].astype(jnp.float32)
-    ce_BT = optax.softmax_cross_entropy_with_integer_labels(logits_BTV, batch["targets"])
-    return ce_BT, weights_BT, weights_BT.sum()
-
   def terms(self, logits_BTV, batch) -> objectives.Terms:
-    ce_BT, weights_BT, weight = self._sums(logits_BTV, batch)
-    loss = objectives.safe_mean((ce_BT * weights_BT).sum(), weight)
-    return objectives.Terms(objective=loss, weight=weight, metrics={"loss": (loss, weight)})
+    return objectives.weighted_token_terms(logits_BTV, batch["targets"],
+                                           batch["target_weights"])
 
   def eval_metrics(self, logits_BTV, batch):
-    ce_BT, weights_BT, weight = self._sums(logits_BTV, batch)
-    correct_BT = (jnp.argmax(logits_BTV, axis=-1) == batch["targets"]).astype(jnp.float32)
-    return {"loss": (objectives.safe_mean((ce_BT * weights_BT).sum(), weight), weight),
-            "accuracy": (objectives.safe_mean((correct_BT * weights_BT).sum(), weight),
-                         weight)}
+    return objectives.weighted_token_metrics(logits_BTV, batch["targets"],
+                                             batch["target_weights"])
 
   def units(self, batch) -> int:
     """Tokens the model reads: every encoder and every decoder position."""
