@@ -64,6 +64,10 @@ class Family:
   shape_candidates: Callable[..., Any] | None = None
   # (cfg) -> {config key: value}: the run-config overrides that select this shape in a sweep
   shape_overrides: Callable[[Any], dict[str, Any]] | None = None
+  # (cfg, the data source's description, examples per data-parallel device) -> None; raises
+  # a one-line ValueError when the data does not fit the model (an image's shape or channels,
+  # labels beyond the classes, a BatchNorm over one example)
+  check_data: Callable[[Any, dict[str, Any], int], None] | None = None
 
 
 def register(family: Family) -> Family:

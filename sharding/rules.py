@@ -35,7 +35,10 @@ RULE_SETS: dict[str, Rules] = {
         ("length", None),
         ("layers", None),
         ("position_buckets", None), ("token_types", None),  # T5's relative bias, BERT's types
-        ("height", None), ("width", None), ("channels", None),
+        # Convolutions: a kernel's output channels over fsdp (activations' batch takes fsdp
+        # first, so their channels stay whole), its input channels whole.
+        ("channels", "fsdp"), ("channels_in", None),
+        ("height", None), ("width", None),
     ),
     # Pure data parallelism: every device holds every parameter.
     "replicated": (
@@ -44,7 +47,7 @@ RULE_SETS: dict[str, Rules] = {
         ("vocab", None), ("heads", None), ("mlp", None), ("embed", None),
         ("hidden", None), ("kv", None), ("gate", None), ("length", None), ("layers", None),
         ("position_buckets", None), ("token_types", None),
-        ("height", None), ("width", None), ("channels", None),
+        ("height", None), ("width", None), ("channels", None), ("channels_in", None),
     ),
 }
 

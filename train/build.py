@@ -143,6 +143,9 @@ def prepare(config, devices: Sequence[jax.Device] | None = None,
         f"batch_size={config.batch_size} is not divisible by the data-parallel size {dp} "
         f"x microbatches={config.microbatches}; use a multiple of {dp * config.microbatches}")
 
+  if task.family.check_data is not None:
+    task.family.check_data(task.model_config, source.describe(),
+                           config.batch_size // (dp * config.microbatches))
   example = source.batch(np.arange(config.batch_size))
   missing = set(task.batch_keys) - set(example)
   if missing:

@@ -39,12 +39,20 @@ def config_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, list[A
   return changes
 
 
+# Keys added to the base config since runs were first recorded, at the values that behave as
+# those runs did.
+ADDED_AT_OLD_BEHAVIOUR = {"data.normalize": False, "data.augment.crop_padding": 0,
+                          "data.augment.flip": False, "data.augment.mixup_alpha": 0.0}
+
+
 def _added_key_behaves_as_before(key: str, value: Any, new: dict[str, Any]) -> bool:
   """A key the checkpointed config lacks (added to the config since) is accepted at the value
   that behaves as runs did before it existed: ``model.family`` at the default family, and a
   model key at its family's config default (new model fields default to the old behaviour)."""
   if key == "model.family":
     return value == families.DEFAULT
+  if key in ADDED_AT_OLD_BEHAVIOUR:
+    return value == ADDED_AT_OLD_BEHAVIOUR[key]
   if not key.startswith("model.") or key.count(".") != 1:
     return False
   try:

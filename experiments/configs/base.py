@@ -12,7 +12,8 @@ from ml_collections import config_dict
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.task = "causal_lm"  # causal_lm | masked_lm | span_corruption (models/objectives)
+  # causal_lm | masked_lm | span_corruption | classification (models/objectives)
+  c.task = "causal_lm"
   c.seed = 0
   c.steps = 100
   c.batch_size = 16  # global sequences per step
@@ -50,6 +51,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.span_corruption.mean_span_length = 3.0
   c.span_corruption.target_len = config_dict.placeholder(int)
   c.span_corruption.num_sentinels = 100  # T5's extra_ids: at most this many spans a sequence
+  # Image classification (task=classification; the vision families).
+  c.classification = ml_collections.ConfigDict()
+  c.classification.label_smoothing = 0.0  # the target puts this much mass uniformly on classes
 
   c.model = ml_collections.ConfigDict()
   m = c.model
@@ -134,6 +138,12 @@ def get_config() -> ml_collections.ConfigDict:
   d.text_key = "text"  # tfds: the text feature
   d.max_documents = config_dict.placeholder(int)  # tfds: read at most this many documents
   d.eval_fraction = 0.05  # text/images: share of documents held out for eval_loss
+  d.normalize = False  # images: standardize each channel by the training split's mean and std
+  # Images, training batches only (train/data/images.py); deterministic by seed and step.
+  d.augment = ml_collections.ConfigDict()
+  d.augment.crop_padding = 0  # random crop of the image zero-padded by this many pixels
+  d.augment.flip = False  # random horizontal flips
+  d.augment.mixup_alpha = 0.0  # mixup with weights from Beta(alpha, alpha); 0: off
   d.document_masking = False  # packed documents: attention stays within each document
   d.max_epochs = config_dict.placeholder(float)  # refuse runs that repeat the data more
   d.cache_dir = config_dict.placeholder(str)  # token cache; None: $ISOFLOP_CACHE_DIR or ~/.cache

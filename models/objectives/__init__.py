@@ -27,6 +27,7 @@ _BUILTIN = {
     "causal_lm": "isoflop.models.objectives.causal_lm",
     "masked_lm": "isoflop.models.objectives.masked_lm",
     "span_corruption": "isoflop.models.objectives.span_corruption",
+    "classification": "isoflop.models.objectives.classification",
 }
 _REGISTERED: dict[str, Any] = {}
 

@@ -69,7 +69,7 @@ def _token_source(config, seq_len: int, workdir: str | None, document_masking=No
   if kind == "synthetic":
     return synthetic.make(argument, cfg, config.model.vocab_size, seq_len, config.seed)
   if kind == "digits" and not argument:
-    return images.digits(config.seed, cfg.eval_fraction)
+    return images.digits(config.seed, cfg)
   if kind == "shakespeare" and not argument:
     docs = documents_lib.shakespeare()
   elif kind == "files" and argument:
@@ -77,7 +77,7 @@ def _token_source(config, seq_len: int, workdir: str | None, document_masking=No
   elif kind == "tfds" and argument:
     source = documents_lib.open_tfds(argument, split=cfg.tfds_split, data_dir=cfg.tfds_data_dir)
     if "image" in source.dataset_info.features and "label" in source.dataset_info.features:
-      return images.from_tfds(argument, source, config.seed, cfg.eval_fraction)
+      return images.from_tfds(argument, source, config.seed, cfg)
     docs = documents_lib.tfds_text(argument, split=cfg.tfds_split, data_dir=cfg.tfds_data_dir,
                                    text_key=cfg.text_key, max_documents=cfg.max_documents)
   else:

@@ -1,7 +1,17 @@
 """Image classification data for the vision families: scikit-learn's 8x8 digits, or a TFDS
 image dataset with ``image`` and ``label`` features. Batches are ``{"image": float32[B, H, W,
-C] in [0, 1], "label": int32[B]}``, in an order set by the seed alone (grain, as for text); the
-held-out images do not depend on the seed."""
+C], "label": int32[B]}`` (with mixup also ``label_mix`` and ``mix``), in an order set by the
+seed alone (grain, as for text); the held-out images do not depend on the seed.
+
+Pixels are scaled to [0, 1] and, with ``data.normalize``, standardized per channel by the
+training split's mean and standard deviation. Training batches can be augmented
+(``data.augment``): a random crop of the image zero-padded by ``crop_padding`` pixels, a
+horizontal flip with probability 1/2, and mixup (Zhang et al. 2018: the image blended with
+another training image by a weight drawn from Beta(alpha, alpha); the loss is blended alike).
+Each draw comes from a NumPy generator seeded by (seed, example index in the run), so a step's
+augmentations depend on the seed and the step alone (resume stays bitwise); held-out images are
+never augmented.
+"""
 
 import dataclasses
 from typing import Any, Sequence
@@ -10,6 +20,20 @@ import grain
 import numpy as np
 
 from isoflop.train.data import fingerprint
+
+_AUGMENT = 0xA06  # generator domain of the training augmentations
+
+
+@dataclasses.dataclass(frozen=True)
+class Augment:
+  crop_padding: int = 0  # 0: no random crop
+  flip: bool = False  # horizontal flips (off for digits and text-like images)
+  mixup_alpha: float = 0.0  # 0: no mixup
+
+  def __post_init__(self):
+    if self.crop_padding < 0 or self.mixup_alpha < 0:
+      raise ValueError(f"data.augment.crop_padding={self.crop_padding} and "
+                       f"data.augment.mixup_alpha={self.mixup_alpha} must be >= 0")
 
 
 @dataclasses.dataclass
@@ -20,6 +44,8 @@ class ImageSource:
   seed: int
   eval_fraction: float
   info: dict[str, Any]
+  normalize: bool = False
+  augment: Augment = Augment()
   vocab_size = None
   entropy_nats = None
 
@@ -32,38 +58,91 @@ class ImageSource:
     self.num_train_examples, self.num_eval_examples = len(self._train_ids), n_eval
     self._order = grain.MapDataset.range(self.num_train_examples).shuffle(
         seed=self.seed).repeat(None)
+    train = self.images[self._train_ids].astype(np.float64) / 255.0
+    self.mean_C = train.mean(axis=(0, 1, 2)) if self.normalize else np.zeros(train.shape[-1])
+    self.std_C = (np.maximum(train.std(axis=(0, 1, 2)), 1e-6) if self.normalize
+                  else np.ones(train.shape[-1]))
 
-  def _take(self, ids) -> dict[str, np.ndarray]:
-    return {"image": self.images[ids].astype(np.float32) / 255.0,
-            "label": self.labels[ids].astype(np.int32)}
+  def _pixels(self, ids) -> np.ndarray:
+    return self.images[ids].astype(np.float32) / 255.0
+
+  def _standardize(self, image_BHWC: np.ndarray) -> np.ndarray:
+    return ((image_BHWC - self.mean_C) / self.std_C).astype(np.float32)
+
+  def _augmented(self, image_HWC: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    pad = self.augment.crop_padding
+    if pad:
+      padded = np.pad(image_HWC, ((pad, pad), (pad, pad), (0, 0)))
+      top, left = rng.integers(0, 2 * pad + 1, 2)
+      image_HWC = padded[top:top + image_HWC.shape[0], left:left + image_HWC.shape[1]]
+    if self.augment.flip and rng.random() < 0.5:
+      image_HWC = image_HWC[:, ::-1]
+    return image_HWC
 
   def batch(self, indices: Sequence[int]) -> dict[str, np.ndarray]:
-    return self._take(self._train_ids[[self._order[int(i)] for i in indices]])
+    ids = self._train_ids[[self._order[int(i)] for i in indices]]
+    images, labels = self._pixels(ids), self.labels[ids].astype(np.int32)
+    if not (self.augment.crop_padding or self.augment.flip or self.augment.mixup_alpha):
+      return {"image": self._standardize(images), "label": labels}
+    out = np.empty_like(images)
+    partners, mix = labels.copy(), np.ones(len(ids), np.float32)
+    for row, index in enumerate(indices):
+      rng = np.random.default_rng([self.seed, _AUGMENT, int(index)])
+      out[row] = self._augmented(images[row], rng)
+      if self.augment.mixup_alpha:
+        other = self._train_ids[int(rng.integers(self.num_train_examples))]
+        mix[row] = rng.beta(self.augment.mixup_alpha, self.augment.mixup_alpha)
+        partner = self._augmented(self._pixels([other])[0], rng)
+        out[row] = mix[row] * out[row] + (1.0 - mix[row]) * partner
+        partners[row] = self.labels[other]
+    batch = {"image": self._standardize(out), "label": labels}
+    if self.augment.mixup_alpha:
+      batch.update(label_mix=partners, mix=mix)
+    return batch
 
   def eval_batch(self, indices: Sequence[int]) -> dict[str, np.ndarray]:
-    return self._take(self._eval_ids[np.asarray(indices) % max(self.num_eval_examples, 1)])
+    ids = self._eval_ids[np.asarray(indices) % max(self.num_eval_examples, 1)]
+    batch = {"image": self._standardize(self._pixels(ids)),
+             "label": self.labels[ids].astype(np.int32)}
+    if self.augment.mixup_alpha:  # the same keys as training batches, unmixed
+      batch.update(label_mix=batch["label"], mix=np.ones(len(ids), np.float32))
+    return batch
 
   def digest(self) -> dict[str, str]:
-    """The images and labels, in order: with the config, they define the split and the order."""
+    """The images and labels, in order: with the config, they define the split and the order;
+    and what is done to them."""
     return {"images": fingerprint.array_digest(self.images),
             "labels": fingerprint.array_digest(np.asarray(self.labels, np.int64)),
-            "num_classes": str(self.num_classes)}
+            "num_classes": str(self.num_classes),
+            "preprocessing": f"normalize={self.normalize} {self.augment!r}"}
 
   def describe(self) -> dict[str, Any]:
     return {**self.info, "num_classes": self.num_classes,
             "image_shape": list(self.images.shape[1:]),
+            "label_range": [int(np.min(self.labels)), int(np.max(self.labels))],
+            "channel_mean": [float(m) for m in self.mean_C],
+            "channel_std": [float(s) for s in self.std_C],
+            "augment": dataclasses.asdict(self.augment),
             "train_examples": self.num_train_examples, "eval_examples": self.num_eval_examples}
 
 
-def digits(seed: int, eval_fraction: float) -> ImageSource:
+def augment_from_config(cfg) -> Augment:
+  block = cfg.get("augment") or {}
+  return Augment(crop_padding=int(block.get("crop_padding", 0)),
+                 flip=bool(block.get("flip", False)),
+                 mixup_alpha=float(block.get("mixup_alpha", 0.0)))
+
+
+def digits(seed: int, cfg) -> ImageSource:
   """1,797 8x8 handwritten digits shipped with scikit-learn (values 0-16, scaled to 0-255)."""
   from sklearn.datasets import load_digits
   data = load_digits()
   images = (data.images * (255.0 / 16.0)).round().astype(np.uint8)[..., None]
-  return ImageSource(images, data.target, 10, seed, eval_fraction, {"source": "digits"})
+  return ImageSource(images, data.target, 10, seed, cfg.eval_fraction, {"source": "digits"},
+                     bool(cfg.get("normalize", False)), augment_from_config(cfg))
 
 
-def from_tfds(spec: str, source, seed: int, eval_fraction: float) -> ImageSource:
+def from_tfds(spec: str, source, seed: int, cfg) -> ImageSource:
   records = source.__getitems__(list(range(len(source))))
   images = np.stack([np.asarray(r["image"]) for r in records]).astype(np.uint8)
   if images.ndim == 3:
@@ -72,4 +151,6 @@ def from_tfds(spec: str, source, seed: int, eval_fraction: float) -> ImageSource
   features = source.dataset_info.features
   num_classes = int(features["label"].num_classes) if hasattr(features["label"], "num_classes") \
       else int(labels.max()) + 1
-  return ImageSource(images, labels, num_classes, seed, eval_fraction, {"source": f"tfds:{spec}"})
+  return ImageSource(images, labels, num_classes, seed, cfg.eval_fraction,
+                     {"source": f"tfds:{spec}"}, bool(cfg.get("normalize", False)),
+                     augment_from_config(cfg))
