@@ -5,7 +5,7 @@
 
 Builds the source (tokenizing once into the cache if needed, not timed), then times
 ``source.batch`` for consecutive steps exactly as the training loop calls it, and prints the
-batches/s and tokens/s (a JSON line with --json).
+batches/s and tokens/s, or examples/s for images (a JSON line with --json).
 """
 
 import json
@@ -33,22 +33,28 @@ def main(argv=None) -> int:
     print(f"data_throughput: error: {e}", file=sys.stderr)
     return cli.EXIT_BAD_INPUT
   batch_size = config.batch_size
-  source.batch(np.arange(batch_size))  # warm up: first touch of the memory-mapped cache
+  # warm up: first touch of the memory-mapped cache
+  images = "image" in source.batch(np.arange(batch_size))
   start = time.perf_counter()
   for step in range(1, flag_values.batches + 1):
     source.batch(step * batch_size + np.arange(batch_size))
   elapsed = time.perf_counter() - start
-  tokens = flag_values.batches * batch_size * config.seq_len
-  result = {"source": config.data.source, "tokenizer": config.data.tokenizer,
-            "batch_size": batch_size, "seq_len": config.seq_len, "batches": flag_values.batches,
-            "seconds": elapsed, "batches_per_s": flag_values.batches / elapsed,
-            "tokens_per_s": tokens / elapsed}
-  if flag_values.json:
-    print(json.dumps(result))
+  result = {"source": config.data.source, "batch_size": batch_size,
+            "batches": flag_values.batches, "seconds": elapsed,
+            "batches_per_s": flag_values.batches / elapsed}
+  if images:  # images: examples per second, with the run's augmentations
+    result["examples_per_s"] = flag_values.batches * batch_size / elapsed
+    result["augment"] = config.data.augment.to_dict()
+    line = (f"{config.data.source}, batch {batch_size}, augment {result['augment']}: "
+            f"{result['batches_per_s']:.0f} batches/s, {result['examples_per_s']:,.0f} "
+            "examples/s")
   else:
-    print(f"{config.data.source} ({config.data.tokenizer}), batch {batch_size} x "
-          f"{config.seq_len}: {result['batches_per_s']:.0f} batches/s, "
-          f"{result['tokens_per_s']:,.0f} tokens/s")
+    result.update(tokenizer=config.data.tokenizer, seq_len=config.seq_len,
+                  tokens_per_s=flag_values.batches * batch_size * config.seq_len / elapsed)
+    line = (f"{config.data.source} ({config.data.tokenizer}), batch {batch_size} x "
+            f"{config.seq_len}: {result['batches_per_s']:.0f} batches/s, "
+            f"{result['tokens_per_s']:,.0f} tokens/s")
+  print(json.dumps(result) if flag_values.json else line)
   return 0
 
 
