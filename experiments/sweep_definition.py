@@ -168,8 +168,10 @@ def resolved_config(config, member: Member) -> ml_collections.ConfigDict:
 
 
 def _stream_accounting(config, family, model) -> tuple[dict[str, float], int]:
-  """(FLOPs per token by convention, tokens per example) of a run config: an encoder-decoder
-  objective's target tokens count as tokens besides the ``seq_len`` inputs."""
+  """(FLOPs per unit by convention, units per example) of a run config: ``seq_len`` tokens, an
+  encoder-decoder objective's target tokens besides them, or one image."""
+  if family.unit == "example":
+    return family.flops_per_unit(model, config.seq_len), 1
   target_len = getattr(objectives.get(config.task)(config), "target_len", None)
   if target_len is None:
     return family.flops_per_unit(model, config.seq_len), config.seq_len
@@ -390,12 +392,12 @@ def _expanded_members(sweep, config) -> list[Member]:
     optimum = math.sqrt(budget / (6 * sweep.tokens_per_param))
     half_span = math.log(sweep.size_span) / 2
     count = sweep.sizes_per_budget
-    widths: set[int] = set()
+    taken: set[tuple] = set()
     for i in range(count):
       target = optimum * math.exp(-half_span + 2 * half_span * i / max(count - 1, 1))
       member = _sized_member(sweep, config, target, None, budget, f"C{budget:.2g}",
-                             exclude=frozenset(widths))
-      widths.add(member.overrides["model.d_model"])
+                             exclude=frozenset(taken))
+      taken.add(shapes.shape_key(member.overrides))
       out.append(member)
   out = sorted(out, key=lambda m: (m.budget, m.target_params, m.name))
   return wsd_branches(out, config) if sweep.get("wsd_branching") else out

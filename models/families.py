@@ -34,6 +34,9 @@ _BUILTIN = {
     "lstm": "isoflop.models.lstm.family",
     "encoder": "isoflop.models.encoder.family",
     "encdec": "isoflop.models.encdec.family",
+    "vit": "isoflop.models.vit.family",
+    "resnet": "isoflop.models.resnet.family",
+    "vgg": "isoflop.models.resnet.family",
 }
 _REGISTERED: dict[str, "Family"] = {}
 

@@ -1,5 +1,5 @@
-"""The notebook path: import a model (the decoder, dense or MoE, the LSTM, the encoder and the
-encoder-decoder), build its config, init and apply; nothing else."""
+"""The notebook path: import a model (the decoder, dense or MoE, the LSTM, the encoder, the
+encoder-decoder, the ViT and the ResNet), build its config, init and apply; nothing else."""
 
 import subprocess
 import sys
@@ -40,6 +40,14 @@ def test_model_import_needs_no_training_config_mesh_or_flags(tmp_path):
       targets = jnp.ones((2, 5), jnp.int32)
       t5_params = t5.init(jax.random.key(0), tokens, targets)["params"]
       assert t5.apply({"params": t5_params}, tokens, targets).shape == (2, 5, 97)
+      from isoflop.models.resnet import ResNet, ResNetConfig
+      from isoflop.models.vit import Vit, VitConfig
+      images = jnp.ones((2, 8, 8, 1))
+      for vision in (Vit(VitConfig(d_model=32, n_layers=2, n_heads=4)),
+                     ResNet(ResNetConfig(stage_depths=(1, 1), stage_widths=(8, 16),
+                                         stem_width=8))):
+        vision_variables = vision.init(jax.random.key(0), images)
+        assert vision.apply(vision_variables, images).shape == (2, 10)
       loaded = [m for m in sys.modules if m.startswith(("isoflop.train", "isoflop.sharding",
                                                         "isoflop.experiments", "ml_collections"))]
       assert not loaded, loaded

@@ -138,14 +138,16 @@ def test_kill_9_at_any_moment_resumes_bitwise(reference, tmp_path):
   _assert_same_run(workdir, reference)
 
 
-@pytest.mark.parametrize("config_name", ["moe_tiny", "lstm_tiny", "bert_tiny", "t5_tiny"])
+@pytest.mark.parametrize("config_name", ["moe_tiny", "lstm_tiny", "bert_tiny", "t5_tiny",
+                                         "vit_tiny", "resnet_tiny"])
 def test_other_families_resume_bitwise_after_kill_9(config_name, tmp_path):
   """A routed decoder, an LSTM, a masked-LM encoder and a span-corruption encoder-decoder,
   killed after a checkpoint and restarted, end exactly where an uninterrupted run does.
   Processes of two devices, not eight: the same code path at a fraction of the CPU time (the
   reference is a process too: XLA's CPU numerics depend on the process's device count)."""
   flags = [f"--config=experiments/configs/{config_name}.py", "--config.steps=48",
-           "--config.checkpoint_every=8", "--config.log_every=2", "--config.eval_every=0"]
+           "--config.checkpoint_every=8", "--config.log_every=2", "--config.eval_every=0",
+           "--config.optimizer.warmup_steps=4"]
   workdir = tmp_path / "killed"
   command = [sys.executable, "-m", "isoflop.experiments.cli", "train", f"--workdir={workdir}",
              *flags]

@@ -74,16 +74,21 @@ def test_isoflop_members_meet_their_budgets(tmp_path):
   assert sizes[0] < sizes[1] and sizes[2] < sizes[3]
 
 
-@pytest.mark.parametrize("config_name", ["moe_tiny", "lstm_tiny", "bert_tiny", "t5_tiny"])
+@pytest.mark.parametrize("config_name", ["moe_tiny", "lstm_tiny", "bert_tiny", "t5_tiny",
+                                         "vit_tiny", "resnet_tiny"])
 def test_other_families_are_sized_by_the_shape_rule(tmp_path, config_name):
-  """A sweep over a routed decoder or an LSTM sizes its members through the family's own shape
-  rule and accounting (the MoE by its active-path FLOPs), and each member's overrides give a
+  """A sweep over any family (a routed decoder, an LSTM, an encoder, an encoder-decoder, a ViT,
+  a ResNet) sizes its members through the family's own shape rule and accounting (the MoE by
+  its active-path FLOPs, the vision families per image), and each member's overrides give a
   valid config of the family."""
   from isoflop.experiments import sweep_estimate
   from isoflop.models import families
   path = tmp_path / f"{config_name}.py"
-  path.write_text(_write_sweep_text().replace("experiments/configs/tiny.py",
-                                              f"experiments/configs/{config_name}.py"))
+  text = _write_sweep_text().replace("experiments/configs/tiny.py",
+                                     f"experiments/configs/{config_name}.py")
+  if config_name in ("vit_tiny", "resnet_tiny"):  # per-image FLOPs: budgets of more images
+    text = text.replace("s.budgets = (2e9, 6e9)", "s.budgets = (2e11, 6e11)")
+  path.write_text(text)
   sweep, members = _expand(str(path))
   config = sweep_definition.base_config(sweep, str(path))
   sizes = []
@@ -92,8 +97,9 @@ def test_other_families_are_sized_by_the_shape_rule(tmp_path, config_name):
     assert counts["C"] == pytest.approx(m.budget, rel=0.05)
     member_config = sweep_definition.resolved_config(config, m)
     cfg = families.model_config(member_config)
-    assert type(cfg) is families.get(member_config.model.family).config_class
-    sizes.append(cfg.d_model)
+    family = families.get(member_config.model.family)
+    assert type(cfg) is family.config_class
+    sizes.append(family.n_by_convention(cfg)["chinchilla"])
   assert sizes[0] < sizes[1] and sizes[2] < sizes[3]
 
 

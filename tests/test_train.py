@@ -31,6 +31,11 @@ SHARDED_FAMILIES = {
     "encdec": ({"data": 2, "fsdp": 2, "tensor": 2},
                ("decoder", "layers", "cross_attention", "query_kernel"),
                (None, "fsdp", "tensor", None), (2, 16, 2, 8)),
+    "vit": ({"data": 4, "fsdp": 2, "tensor": 1}, ("layers", "attention", "query_kernel"),
+            (None, "fsdp", "tensor", None), (2, 16, 4, 8)),
+    # BatchNorm statistics over the global batch: the one jitted program synchronizes them.
+    "resnet": ({"data": 2, "fsdp": 2, "tensor": 2}, ("stage2_block1", "conv2", "kernel"),
+               (None, None, None, "fsdp"), (3, 3, 16, 8)),
 }
 
 
@@ -57,6 +62,16 @@ def _family_config(c, family):
     c.span_corruption.num_sentinels = 4
     c.model = base.family_model_block("encdec", EncDecConfig, vocab_size=64, d_model=32,
                                       n_heads=4, tie_embeddings=False)
+  elif family in ("vit", "resnet"):  # digits, image classification
+    from isoflop.experiments.configs import base
+    from isoflop.models.resnet import ResNetConfig
+    from isoflop.models.vit import VitConfig
+    c.task, c.data.source, c.data.normalize = "classification", "digits", True
+    c.batch_size = 16
+    c.model = (base.family_model_block("vit", VitConfig, d_model=32, n_layers=2, n_heads=4,
+                                       n_kv_heads=None, patch_size=2) if family == "vit" else
+               base.family_model_block("resnet", ResNetConfig, stage_depths=(1, 1),
+                                       stage_widths=(8, 16), stem_width=8))
   return c
 
 
