@@ -579,3 +579,38 @@ def test_a_degenerate_fit_gives_an_infinite_frontier_not_a_crash():
   flat = approach3.Law(E=1.69, A=0.0, B=410.7, alpha=0.34, beta=0.28)
   frontier = approach3.Optimum(flat).frontier()
   assert np.isinf(frontier.d_opt(1e20))
+
+
+def test_vision_frontier_recovers_a_saturating_law(tmp_path):
+  """Runs of three sizes whose held-out error follows E = a (C + d)^-b + c, the smaller ones
+  worse late in their runs: the frontier is the running minimum over C, and the fit recovers
+  b and c inside their intervals."""
+  from isoflop.experiments.analysis import vision_frontier
+  a, b, c, d = 1.5e4, 0.5, 0.02, 1e9
+  rows = []
+  for i, per_example in enumerate((1e6, 1e7, 1e8)):
+    name = f"m{i}"
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "config.json").write_text(json.dumps(
+        {"flops_per_example": {"chinchilla": per_example}, "config": {"batch_size": 10},
+         "n_params": {"chinchilla": 1000 * (i + 1)}}))
+    evals = []
+    for step in (100, 300, 1000, 3000, 10000):
+      compute = per_example * 10 * step
+      saturated = 1.0 + 0.5 * max(0.0, np.log10(step / 1000))  # a small model stops improving
+      error = (a * (compute + d) ** -b + c) * (saturated if i < 2 else 1.0)
+      evals.append(json.dumps({"step": step, "eval_accuracy": 1.0 - error}))
+    (tmp_path / name / "metrics.jsonl").write_text("\n".join(evals) + "\n")
+    rows.append({"name": name, "workdir": name, "status": "done"})
+  pd.DataFrame(rows).to_csv(tmp_path / "runs.csv", index=False)
+  out = tmp_path / "out"
+  assert vision_frontier.main(["prog", f"--workdirs={tmp_path}", "--labels=x",
+                               f"--out={out}", "--bootstrap=30"]) == 0
+  entry = json.loads((out / "frontier.json").read_text())["series"]["x"]
+  front = np.array(entry["frontier"])
+  assert (np.diff(front[:, 0]) > 0).all() and (np.diff(front[:, 1]) < 0).all()
+  for key, truth, tolerance in (("b", b, 0.05), ("c", c, 0.005)):
+    fitted = entry["fit"][key]
+    assert fitted["value"] == pytest.approx(truth, abs=tolerance), key
+    assert fitted["ci95"][0] <= truth <= fitted["ci95"][1], key
+  assert (out / "error_vs_compute.png").exists()
