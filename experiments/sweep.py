@@ -90,7 +90,8 @@ def runs_row(sweep_dir: str, member: sweep_definition.Member) -> dict[str, Any]:
     steps = record["config"]["steps"]
     model = record["config"]["model"]
     # D counts the family's unit (tokens; examples for classifiers); C is per that unit.
-    tokens = steps * record[f"{record.get('unit', 'token')}s_per_step"]
+    unit = record.get("unit", "token")
+    tokens = steps * record[f"{unit}s_per_step"]
     counts = record["param_counts"]
     row.update(D=tokens, steps=steps, d_model=model.get("d_model"),
                n_layers=model.get("n_layers"), lr=record["config"]["optimizer"]["lr"],
@@ -101,8 +102,8 @@ def runs_row(sweep_dir: str, member: sweep_definition.Member) -> dict[str, Any]:
                                                  counts["non_embedding"]))
     for c in conventions.N_CONVENTIONS:
       row[f"N_{c}"] = record["n_params"][c]
-    for c, per_token in record["flops_per_token"].items():
-      row[f"C_{c}"] = per_token * tokens
+    for c, per_unit in record[f"flops_per_{unit}"].items():
+      row[f"C_{c}"] = per_unit * tokens
   rows = _metric_rows(member_dir)
   train = [r for r in rows if "loss" in r]
   evals = [r for r in rows if "eval_loss" in r]
@@ -330,7 +331,8 @@ def _write_summary(sweep_dir: str, sweep, members, table: pd.DataFrame) -> dict:
     record = _read_json(os.path.join(sweep_dir, m.name, "config.json"))
     if record is None:
       continue
-    per_step = record["flops_per_token"][conv] * record["tokens_per_step"]
+    unit = record.get("unit", "token")
+    per_step = record[f"flops_per_{unit}"][conv] * record[f"{unit}s_per_step"]
     if m.branch_of:
       saved += per_step * m.branch_step
     elif m.is_stable_run:

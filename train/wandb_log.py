@@ -19,7 +19,7 @@ RUN_FILE = "wandb_run.json"
 SWEEP_ENV = "ISOFLOP_SWEEP_NAME"  # set by the sweep runner: the W&B group of its members
 # What config.json says about the model's size and cost, shown in the W&B run's summary.
 SUMMARY_KEYS = ("param_counts", "param_counts_padded", "n_params", "flops_per_token",
-                "tokens_per_step", "ensemble")
+                "tokens_per_step", "flops_per_example", "examples_per_step", "ensemble")
 
 
 def _settings(config) -> dict[str, Any]:

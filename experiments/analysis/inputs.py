@@ -150,7 +150,8 @@ def _read_curve(run_dir: str, name: str, n: float, flop_convention: str) -> Curv
   try:
     with open(os.path.join(run_dir, "config.json"), encoding="utf-8") as f:
       record = json.load(f)
-    flops_per_token = float(record["flops_per_token"][flop_convention])
+    unit = record.get("unit", "token")  # per image for the vision families
+    flops_per_token = float(record[f"flops_per_{unit}"][flop_convention])
     schedule = _schedule(record)
     rows = []
     with open(os.path.join(run_dir, "metrics.jsonl"), encoding="utf-8") as f:
@@ -158,7 +159,8 @@ def _read_curve(run_dir: str, name: str, n: float, flop_convention: str) -> Curv
         if line.strip():
           rows.append(json.loads(line))
     # Eval rows carry eval_loss and no loss.
-    train = [(r["tokens_seen"], r["loss"]) for r in rows if "loss" in r and "tokens_seen" in r]
+    seen = f"{unit}s_seen"
+    train = [(r[seen], r["loss"]) for r in rows if "loss" in r and seen in r]
     tokens, loss = np.asarray(train, dtype=float).reshape(-1, 2).T
   except (OSError, ValueError, KeyError, TypeError) as e:
     reason = " ".join(str(e).split()) or type(e).__name__
