@@ -76,3 +76,17 @@ def test_images_are_standardized_and_augmented_deterministically_by_index():
 def test_bad_label_smoothing_is_refused():
   with pytest.raises(ValueError, match=r"label_smoothing=1.0 must be in \[0, 1\)"):
     classification.Classification(label_smoothing=1.0)
+
+
+def test_streamed_images_are_fitted_by_their_shorter_side_then_cropped():
+  from isoflop.train.data import images_stream
+  image = np.arange(6 * 9 * 3, dtype=np.uint8).reshape(6, 9, 3)
+  centre = images_stream.fit_image(image, 4, None)
+  assert centre.shape == (4, 4, 3) and centre.dtype == np.uint8
+  crops = {images_stream.fit_image(image, 4, np.random.default_rng(i)).tobytes()
+           for i in range(20)}
+  assert len(crops) > 1  # training crops move along the longer side
+  again = images_stream.fit_image(image, 4, np.random.default_rng(3))
+  np.testing.assert_array_equal(again, images_stream.fit_image(image, 4,
+                                                               np.random.default_rng(3)))
+  np.testing.assert_array_equal(images_stream.fit_image(image[:4, :4], 4, None), image[:4, :4])

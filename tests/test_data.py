@@ -209,6 +209,20 @@ def test_tfds_text_and_images_from_a_locally_built_dataset(tmp_path):
   batch = images.batch(np.arange(8))
   assert batch["image"].shape == (8, 8, 8, 1) and batch["label"].shape == (8,)
   assert images.describe()["num_classes"] == 4
+  # Read on demand (how imagenet2012 is read): the same batches as in memory, augmented too.
+  c = _config(source="tfds:isoflop_tiny_images", tfds_data_dir=str(tmp_path / "tfds"),
+              normalize=True)
+  c.data.augment.update(flip=True, mixup_alpha=0.4)
+  c.model.image_size = 8
+  in_memory = data_lib.make_source(c)
+  c.data.stream_images = True
+  streamed = data_lib.make_source(c)
+  assert streamed.describe()["streamed"] and streamed.describe()["image_shape"] == [8, 8, 1]
+  for method in ("batch", "eval_batch"):
+    for key, value in getattr(in_memory, method)(np.arange(16)).items():
+      np.testing.assert_array_equal(getattr(streamed, method)(np.arange(16))[key], value)
+  c.model.image_size = 4  # fitted: the shorter side resized, then a square crop
+  assert data_lib.make_source(c).batch(np.arange(4))["image"].shape == (4, 4, 4, 1)
 
 
 def test_digits_images():

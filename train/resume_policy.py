@@ -42,7 +42,8 @@ def config_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, list[A
 # Keys added to the base config since runs were first recorded, at the values that behave as
 # those runs did.
 ADDED_AT_OLD_BEHAVIOUR = {"data.normalize": False, "data.augment.crop_padding": 0,
-                          "data.augment.flip": False, "data.augment.mixup_alpha": 0.0}
+                          "data.augment.flip": False, "data.augment.mixup_alpha": 0.0,
+                          "data.stream_images": False}
 
 
 def _added_key_behaves_as_before(key: str, value: Any, new: dict[str, Any]) -> bool:

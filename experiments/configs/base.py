@@ -139,6 +139,9 @@ def get_config() -> ml_collections.ConfigDict:
   d.max_documents = config_dict.placeholder(int)  # tfds: read at most this many documents
   d.eval_fraction = 0.05  # text/images: share of documents held out for eval_loss
   d.normalize = False  # images: standardize each channel by the training split's mean and std
+  # tfds images: read on demand and fitted to model.image_size (automatic for images of
+  # varying size or over 1 GiB, e.g. imagenet2012); False holds small datasets in memory
+  d.stream_images = False
   # Images, training batches only (train/data/images.py); deterministic by seed and step.
   d.augment = ml_collections.ConfigDict()
   d.augment.crop_padding = 0  # random crop of the image zero-padded by this many pixels

@@ -5,9 +5,11 @@ SGD with momentum 0.9, lr 0.1 per 256 images with a 5-epoch linear warmup, weigh
 
 The data is not downloaded: prepare ``imagenet2012`` with TFDS first (the manual download of
 the ILSVRC-2012 archives, then ``tfds build imagenet2012`` in array_record format, see the
-TFDS catalogue), and point ``data.tfds_data_dir`` at it. The images must reach the model as
-224 x 224 x 3 (``model.image_size``); the held-out images are ``data.eval_fraction`` of the
-training split, not ILSVRC's validation set. ``resnet34.py`` and ``resnet50.py`` change only
+TFDS catalogue), and point ``data.tfds_data_dir`` at it. Its images differ in size and are read
+on demand (``train/data/images_stream.py``): the shorter side resized to ``model.image_size``
+(224), then a random square crop for training, the centre crop for held-out images; the
+held-out images are ``data.eval_fraction`` of the training split, not ILSVRC's validation
+set. ``resnet34.py`` and ``resnet50.py`` change only
 the model block.
 """
 

@@ -7,10 +7,11 @@ Parameters: 86,567,656 by ``models/vit/counting.py`` (embedding 742,656: patch k
 head 769,000), the count of timm's ``vit_base_patch16_224`` (86.6M; the paper's Table 1 gives
 86M). Training FLOPs per image (chinchilla) 1.054e11, i.e. 17.6 GMACs forward.
 
-Data: ``data.source="tfds:imagenet2012"``, which the user prepares (TFDS's manual download).
-The image pipeline (``train/data/images.py``) holds a split in memory at one image size, so the
-TFDS build must already give 224 x 224 images. A hundredth of the training split is held out
-(big_vision's minival).
+Data: ``data.source="tfds:imagenet2012"``, which the user prepares (TFDS's manual download,
+``tfds build imagenet2012 --file_format=array_record``). Its images differ in size, so they are
+read on demand (``train/data/images_stream.py``): the shorter side resized to 224, then a
+random 224 x 224 crop for training and the centre crop for held-out images. A hundredth of the
+training split is held out (big_vision's minival).
 
 The recipe is DeiT's (Touvron et al. 2021) at batch 1,024: AdamW, lr 1e-3 (5e-4 x batch /
 512), weight decay 0.05, 5 warmup epochs, cosine, label smoothing 0.1, mixup 0.8, flips, 300

@@ -5,7 +5,7 @@ Parameters: 5,717,416 by ``models/vit/counting.py`` (embedding 185,664; blocks a
 5,338,752; head 193,000), the count of timm's ``vit_tiny_patch16_224`` (5.7M; DeiT's Table 1
 gives 5M). Training FLOPs per image (chinchilla) 7.535e9.
 
-Data: ``data.source="tfds:imagenet2012"``, prepared by the user at 224 x 224 (see
+Data: ``data.source="tfds:imagenet2012"``, prepared by the user and read on demand (see
 ``vit_b16.py``).
 """
 

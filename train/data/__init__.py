@@ -77,7 +77,8 @@ def _token_source(config, seq_len: int, workdir: str | None, document_masking=No
   elif kind == "tfds" and argument:
     source = documents_lib.open_tfds(argument, split=cfg.tfds_split, data_dir=cfg.tfds_data_dir)
     if "image" in source.dataset_info.features and "label" in source.dataset_info.features:
-      return images.from_tfds(argument, source, config.seed, cfg)
+      return images.from_tfds(argument, source, config.seed, cfg,
+                              config.model.get("image_size"))
     docs = documents_lib.tfds_text(argument, split=cfg.tfds_split, data_dir=cfg.tfds_data_dir,
                                    text_key=cfg.text_key, max_documents=cfg.max_documents)
   else:
