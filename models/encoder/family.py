@@ -2,7 +2,6 @@
 ``task=masked_lm``, sized by the decoder's shape rule (width one head at a time, depth from
 the aspect ratio)."""
 
-import dataclasses
 from typing import Any
 
 import jax
@@ -27,23 +26,6 @@ def from_run_config(fields: dict[str, Any], run_config) -> EncoderConfig:
   return cfg
 
 
-def for_cost_analysis(cfg: EncoderConfig, remat: bool, seq_len: int) -> EncoderConfig:
-  del seq_len
-  changes = {"scan_unroll": cfg.n_layers}
-  if not remat:
-    changes["remat"] = "none"
-  return dataclasses.replace(cfg, **changes)
-
-
-def shape_overrides(cfg: EncoderConfig) -> dict[str, Any]:
-  overrides = {"model.d_model": cfg.d_model, "model.n_layers": cfg.n_layers,
-               "model.n_heads": cfg.n_heads}
-  for key in ("n_kv_heads", "d_ff"):
-    if getattr(cfg, key) is not None:
-      overrides[f"model.{key}"] = getattr(cfg, key)
-  return overrides
-
-
 FAMILY = families.register(families.Family(
     name="encoder",
     config_class=EncoderConfig,
@@ -53,8 +35,8 @@ FAMILY = families.register(families.Family(
     param_counts=counting.param_counts,
     n_by_convention=counting.n_by_convention,
     flops_per_unit=counting.flops_per_token,
-    for_cost_analysis=for_cost_analysis,
+    for_cost_analysis=decoder_family.for_cost_analysis,  # layers unrolled, as the decoder
     from_run_config=from_run_config,
     shape_candidates=decoder_family.shape_candidates,  # the same fields drive the same rule
-    shape_overrides=shape_overrides,
+    shape_overrides=decoder_family.shape_overrides,
 ))

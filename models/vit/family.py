@@ -22,16 +22,6 @@ def from_run_config(fields: dict[str, Any], run_config) -> VitConfig:
   return cfg
 
 
-def for_cost_analysis(cfg: VitConfig, remat: bool, seq_len: int) -> VitConfig:
-  """Layers unrolled (XLA's cost analysis counts a loop body once); ``remat=False`` also
-  turns rematerialization off, for model FLOPs."""
-  del seq_len
-  changes = {"scan_unroll": cfg.n_layers}
-  if not remat:
-    changes["remat"] = "none"
-  return dataclasses.replace(cfg, **changes)
-
-
 def shape_candidates(base: VitConfig, *, aspect_ratio: float, head_size: int,
                      max_heads: int = 256):
   """The decoder's rule (width = heads x head_size, n_layers = max(1, round(d_model /
@@ -46,15 +36,6 @@ def shape_candidates(base: VitConfig, *, aspect_ratio: float, head_size: int,
     yield dataclasses.replace(cfg, positions=base.positions) if sincos else cfg
 
 
-def shape_overrides(cfg: VitConfig) -> dict[str, Any]:
-  overrides = {"model.d_model": cfg.d_model, "model.n_layers": cfg.n_layers,
-               "model.n_heads": cfg.n_heads}
-  for key in ("n_kv_heads", "d_ff"):
-    if getattr(cfg, key) is not None:
-      overrides[f"model.{key}"] = getattr(cfg, key)
-  return overrides
-
-
 FAMILY = families.register(families.Family(
     name="vit",
     config_class=VitConfig,
@@ -64,10 +45,10 @@ FAMILY = families.register(families.Family(
     param_counts=counting.param_counts,
     n_by_convention=counting.n_by_convention,
     flops_per_unit=counting.flops_per_example,
-    for_cost_analysis=for_cost_analysis,
+    for_cost_analysis=decoder_family.for_cost_analysis,  # layers unrolled, as the decoder
     from_run_config=from_run_config,
     shape_candidates=shape_candidates,
-    shape_overrides=shape_overrides,
+    shape_overrides=decoder_family.shape_overrides,
     check_data=lambda cfg, data, per_device_batch: vision.check_image_data(cfg, data,
                                                                            per_device_batch),
 ))
