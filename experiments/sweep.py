@@ -31,7 +31,8 @@ RUNS_COLUMNS = (["name", "workdir", "status", "budget", "target_params"]
                 + ["final_train_loss", "final_eval_loss", "wall_time_s", "steps", "d_model",
                    "n_layers", "branched", "final_train_loss_std", "final_eval_loss_std",
                    "energy_j", "lr", "parametrization", "C_measured_model", "model_family",
-                   "N_active", "N_active_non_embedding"])
+                   "N_active", "N_active_non_embedding", "sparsity"]
+                + [f"N_nonzero_{c}" for c in conventions.N_CONVENTIONS])
 
 
 def _flag_value(value: Any) -> str:
@@ -100,8 +101,12 @@ def runs_row(sweep_dir: str, member: sweep_definition.Member) -> dict[str, Any]:
                N_active=counts.get("active", counts["total"]),
                N_active_non_embedding=counts.get("active_non_embedding",
                                                  counts["non_embedding"]))
+    # A pruned run's non-zero counts (its N for sparsity fits); a dense run's are its N.
+    sparsity = record.get("sparsity") or {}
+    row["sparsity"] = sparsity.get("sparsity", 0.0)
     for c in conventions.N_CONVENTIONS:
       row[f"N_{c}"] = record["n_params"][c]
+      row[f"N_nonzero_{c}"] = sparsity.get("n_params_nonzero", record["n_params"])[c]
     for c, per_unit in record[f"flops_per_{unit}"].items():
       row[f"C_{c}"] = per_unit * tokens
   rows = _metric_rows(member_dir)

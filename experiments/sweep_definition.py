@@ -15,6 +15,11 @@ token budget branch their decays from one shared warmup-stable run.
            one length) advance together, as one more axis of the product: e.g. d_model with
            n_heads, so the head size stays fixed as the width grows.
 ``overrides`` (nested like the config) apply to every member.
+``compression`` (isoflop and ladder sweeps; nested like the config, each key a list of values,
+e.g. ``{"prune": {"sparsity": [0.0, 0.5, 0.75]}}``) crosses every sized member with the product
+of those settings (sparsities, bit widths, ranks, a teacher): one loss-vs-size curve per
+setting from one command. Each crossed member's name ends with its settings
+(``ladder_r20_N1.2e+05_sparsity0.5``).
 
 Grid members are named from their values, ``<key><value>`` joined by ``_`` with the key's last
 part (``d_model64_n_heads4_lr0.001``): only ``[A-Za-z0-9._-]``, safe in shells and CSVs (other
@@ -378,6 +383,22 @@ def members(sweep, config) -> list[Member]:
   return out
 
 
+def _crossed_with_compression(sweep, sized: list[Member]) -> list[Member]:
+  """Every sized member once per combination of the sweep's ``compression`` settings."""
+  grid = resume_policy.flatten(sweep.compression.to_dict()) if sweep.get("compression") else {}
+  if not grid:
+    return sized
+  keys = sorted(grid)
+  out = []
+  for member in sized:
+    for values in itertools.product(*(list(grid[k]) for k in keys)):
+      settings = dict(zip(keys, values))
+      out.append(dataclasses.replace(
+          member, name=f"{member.name}_{grid_member_name(settings)}",
+          overrides={**member.overrides, **settings}))
+  return out
+
+
 def _expanded_members(sweep, config) -> list[Member]:
   if sweep.kind == "grid":
     return _grid_members(sweep)
@@ -386,6 +407,7 @@ def _expanded_members(sweep, config) -> list[Member]:
     ratios = tuple(ratios) if isinstance(ratios, (tuple, list)) else (ratios,)
     out = [_sized_member(sweep, config, n, r * n, None, f"ladder_r{r:g}")
            for n in sweep.sizes for r in ratios]
+    out = _crossed_with_compression(sweep, out)
     return wsd_branches(out, config) if sweep.get("wsd_branching") else out
   out = []
   for budget in sweep.budgets:
@@ -399,5 +421,6 @@ def _expanded_members(sweep, config) -> list[Member]:
                              exclude=frozenset(taken))
       taken.add(shapes.shape_key(member.overrides))
       out.append(member)
-  out = sorted(out, key=lambda m: (m.budget, m.target_params, m.name))
+  out = sorted(_crossed_with_compression(sweep, out),
+               key=lambda m: (m.budget, m.target_params, m.name))
   return wsd_branches(out, config) if sweep.get("wsd_branching") else out

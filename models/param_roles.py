@@ -97,3 +97,22 @@ def stacked(roles: Any) -> Any:
 
 def kinds(roles: Any) -> Any:
   return jax.tree.map(lambda r: r.kind, roles, is_leaf=_is_role)
+
+
+def matrix_axes(names: Sequence[str]) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+  """A matrix parameter's dimensions split into (copies, inputs, outputs), by index.
+
+  Copies are the leading STACK_AXES and non-final COPY_AXES (one matrix per layer, per
+  expert). Outputs are the trailing axes up to and including the first, from the right, not in
+  JOINED_AXES: ``(embed, heads, kv)`` is embed | heads·kv, ``(heads, kv, embed)`` heads·kv |
+  embed, a conv kernel ``(height, width, channels_in, channels)`` h·w·c_in | channels. The
+  inputs, flattened in order, are the matmul's contraction (what N:M groups run along)."""
+  names = tuple(names)
+  copies = 0
+  while copies < len(names) - 1 and (names[copies] in STACK_AXES or names[copies] in COPY_AXES):
+    copies += 1
+  first_output = len(names) - 1
+  while first_output > copies and names[first_output] in JOINED_AXES:
+    first_output -= 1
+  return (tuple(range(copies)), tuple(range(copies, first_output)),
+          tuple(range(first_output, len(names))))

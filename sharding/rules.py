@@ -38,6 +38,7 @@ RULE_SETS: dict[str, Rules] = {
         # Convolutions: a kernel's output channels over fsdp (activations' batch takes fsdp
         # first, so their channels stay whole), its input channels whole.
         ("channels", "fsdp"), ("channels_in", None),
+        ("rank", None),  # a low-rank factor's inner axis (train/compression/lowrank.py)
         ("height", None), ("width", None),
     ),
     # Pure data parallelism: every device holds every parameter.
@@ -48,6 +49,7 @@ RULE_SETS: dict[str, Rules] = {
         ("hidden", None), ("kv", None), ("gate", None), ("length", None), ("layers", None),
         ("position_buckets", None), ("token_types", None),
         ("height", None), ("width", None), ("channels", None), ("channels_in", None),
+        ("rank", None),
     ),
 }
 

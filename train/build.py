@@ -20,6 +20,7 @@ from isoflop.train import hardware, optimizers, run_record
 from isoflop.train import state as state_lib
 from isoflop.train import step as step_lib
 from isoflop.train import task as task_lib
+from isoflop.train.compression import pruning
 
 
 @dataclasses.dataclass
@@ -164,6 +165,10 @@ def prepare(config, devices: Sequence[jax.Device] | None = None,
     variable_specs = nn.get_partition_spec(boxed_variables)
     rules_lib.check_names(variable_specs, rules, config.mesh.rules)
     roles = param_roles.label(variable_specs["params"])  # weight decay, muP, norms ask this
+    pruner = pruning.make(config, variable_specs["params"], roles, jax.tree.map(
+        lambda box: box.value, boxed_variables["params"],
+        is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned)))
+    task = dataclasses.replace(task, pruner=pruner)
     tx, schedule = optimizers.make_optimizer(
         config.optimizer, config.steps, roles, task.lr_multipliers(config.optimizer.name, roles))
     shapes, _, shardings = state_lib.abstract_state(
@@ -209,6 +214,8 @@ def prepare(config, devices: Sequence[jax.Device] | None = None,
   # Per model: an ensemble step trains ``ensemble`` models on each token.
   for convention, flops in measured.items():
     described[f"flops_per_{unit}"][convention] = flops / units_per_step / config.ensemble
+  if pruner is not None:
+    described["sparsity"] = pruning.describe(pruner, described["n_params"])
   memory = compiled.memory_analysis()
   needed = step_memory_bytes(memory)
   limit, limit_source = hardware.memory_limit_bytes(list(mesh.devices.flat))

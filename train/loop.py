@@ -109,6 +109,17 @@ def _any_process(flag: bool) -> bool:
   return bool(np.any(multihost_utils.process_allgather(np.array(flag))))
 
 
+def _repruned(prepared: build.Prepared, state: state_lib.TrainState) -> state_lib.TrainState:
+  """``state`` with its initial masks recomputed from its (loaded) parameters."""
+  shardings = jax.tree.map(lambda a: a.sharding, prepared.abstract_state)
+  initial = prepared.task.pruner.initial
+  if prepared.config.ensemble > 1:
+    initial = jax.vmap(initial)
+  initial = jax.jit(initial, out_shardings=(shardings.params, shardings.masks))
+  params, masks = initial(state.params)
+  return state.replace(params=params, masks=masks)
+
+
 def run(prepared: build.Prepared, workdir: str, *, progress: bool = True) -> RunResult:
   """Trains ``prepared`` up to ``config.steps``, resuming from ``workdir`` if it holds a run."""
   # From here a signal asks for a stop at a safe point; before the first write it stops at once.
@@ -163,6 +174,8 @@ def _run(prepared: build.Prepared, workdir: str, stop: preemption.StopRequests,
     if params_plan is not None:
       state = init_from.load(params_plan, state)
       record["initialized_from"] = params_plan.describe()
+      if prepared.task.pruner is not None:  # masks from the loaded weights, not the fresh ones
+        state = _repruned(prepared, state)
   else:
     start_step, state, data_state = restored
     expected = start_step * config.batch_size

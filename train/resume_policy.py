@@ -46,6 +46,13 @@ ADDED_AT_OLD_BEHAVIOUR = {"data.normalize": False, "data.augment.crop_padding": 
                           "data.stream_images": False}
 
 
+# Compression blocks added since runs were first recorded, and the keys that turn each on: a
+# block absent from the checkpointed config is accepted while those are all None (off).
+ADDED_SWITCHED_BLOCKS = {"prune": ("method",), "quant": ("bits",),
+                         "lowrank": ("rank_fraction", "energy", "rank"),
+                         "distill": ("teacher",)}
+
+
 def _added_key_behaves_as_before(key: str, value: Any, new: dict[str, Any]) -> bool:
   """A key the checkpointed config lacks (added to the config since) is accepted at the value
   that behaves as runs did before it existed: ``model.family`` at the default family, and a
@@ -54,6 +61,9 @@ def _added_key_behaves_as_before(key: str, value: Any, new: dict[str, Any]) -> b
     return value == families.DEFAULT
   if key in ADDED_AT_OLD_BEHAVIOUR:
     return value == ADDED_AT_OLD_BEHAVIOUR[key]
+  block = key.split(".", 1)[0]
+  if block in ADDED_SWITCHED_BLOCKS and "." in key:
+    return all(new.get(block, {}).get(switch) is None for switch in ADDED_SWITCHED_BLOCKS[block])
   if not key.startswith("model.") or key.count(".") != 1:
     return False
   try:

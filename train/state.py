@@ -22,6 +22,9 @@ class TrainState:
   model_state: Any  # the family's mutable collections ({} for most): BatchNorm statistics
   rng: jax.Array  # raw key data (uint32); step keys are fold_in(rng, step): resumable
   first_nonfinite_step: jax.Array  # -1, or the (1-based, as logged) first non-finite step
+  # Pruning masks (train/compression/pruning.py): booleans for the pruned parameters only,
+  # nested like them; {} without pruning.
+  masks: Any = flax.struct.field(default_factory=dict)
 
 
 def _variables_fn(task, batch_shapes) -> Callable:
@@ -38,10 +41,13 @@ def _init_fn(task, tx: optax.GradientTransformation, batch_shapes) -> Callable:
     params_rng, state_rng = jax.random.split(rng)
     variables = nn.meta.unbox(init_variables(params_rng))
     params = variables.pop("params")
+    masks = {}
+    if task.pruner is not None:  # pruned from the start when the method prunes at step 0
+      params, masks = task.pruner.initial(params)
     return TrainState(step=jax.numpy.zeros((), jax.numpy.int32), params=params,
                       opt_state=tx.init(params), model_state=variables,
                       rng=jax.random.key_data(state_rng),
-                      first_nonfinite_step=jax.numpy.full((), -1, jax.numpy.int32))
+                      first_nonfinite_step=jax.numpy.full((), -1, jax.numpy.int32), masks=masks)
   return init
 
 
@@ -72,8 +78,10 @@ def abstract_state(task, tx, batch_shapes, mesh: Mesh, rules, ensemble: int = 1,
       transform_non_params=lambda _: PartitionSpec(),
       is_leaf=lambda x: is_spec(x) or masked(x) or isinstance(x, jax.ShapeDtypeStruct))
   scalar = PartitionSpec()
+  mask_specs = {} if task.pruner is None else task.pruner.mask_specs(param_specs)
   logical_specs = TrainState(step=scalar, params=param_specs, opt_state=opt_specs,
-                             model_state=variable_specs, rng=scalar, first_nonfinite_step=scalar)
+                             model_state=variable_specs, rng=scalar, first_nonfinite_step=scalar,
+                             masks=mask_specs)
   placed = logical_specs
   if ensemble > 1:
     placed = jax.tree.map(lambda spec: PartitionSpec(None, *spec), logical_specs,

@@ -102,7 +102,12 @@ def make_train_step(task, tx: optax.GradientTransformation, schedule: optax.Sche
       metrics = {k: total / jnp.maximum(w, 1e-12) for k, (total, w) in metric_sums.items()}
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    masks = state.masks
+    if task.pruner is not None:  # pruned weights back to zero; masks recomputed on schedule
+      params, masks = task.pruner.update(params, masks, state.step + 1)
     metrics = dict(metrics)
+    if task.pruner is not None:
+      metrics["sparsity"] = task.pruner.sparsity(masks)
     metrics["lr"] = schedule(state.step)
     metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["param_norm"] = optax.tree.norm(params)
@@ -115,7 +120,8 @@ def make_train_step(task, tx: optax.GradientTransformation, schedule: optax.Sche
     first_bad = jnp.where((state.first_nonfinite_step < 0) & ~finite, state.step + 1,
                           state.first_nonfinite_step)
     new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                              model_state=model_state, first_nonfinite_step=first_bad)
+                              model_state=model_state, first_nonfinite_step=first_bad,
+                              masks=masks)
     return new_state, metrics
 
   return step

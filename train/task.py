@@ -35,6 +35,8 @@ class Task:
   model_config: Any
   objective: Any
   seq_len: int  # the run's context, for the family's per-token accounting
+  # Compression applied to the model (train/compression/): pruning masks kept in the state.
+  pruner: Any = None
 
   @property
   def model(self):

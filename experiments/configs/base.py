@@ -55,6 +55,20 @@ def get_config() -> ml_collections.ConfigDict:
   c.classification = ml_collections.ConfigDict()
   c.classification.label_smoothing = 0.0  # the target puts this much mass uniformly on classes
 
+  # Pruning during training (train/compression/pruning.py): magnitude (one shot at
+  # start_step), gradual (Zhu & Gupta's cubic schedule from start_step to end_step, every
+  # `every` steps) or nm (N:M structured, n of every m along a matrix's input dimension).
+  c.prune = ml_collections.ConfigDict()
+  c.prune.method = config_dict.placeholder(str)  # None: no pruning
+  c.prune.sparsity = 0.5  # final fraction of the selected weights set to zero (not nm)
+  c.prune.n = 2
+  c.prune.m = 4
+  c.prune.start_step = 0
+  c.prune.end_step = config_dict.placeholder(int)  # gradual: where the final sparsity is reached
+  c.prune.every = 10  # gradual: steps between mask updates
+  c.prune.scope = "layer"  # layer: each matrix (each layer of it) on its own | global
+  c.prune.roles = ("hidden",)  # parameter roles pruned: hidden, readout
+
   c.model = ml_collections.ConfigDict()
   m = c.model
   # decoder | lstm | encoder | encdec (models/families.py); another family's config file

@@ -1,0 +1,1 @@
+"""Compression: pruning, quantization, low-rank factorization, distillation."""
