@@ -20,7 +20,7 @@ from isoflop.train import hardware, optimizers, run_record
 from isoflop.train import state as state_lib
 from isoflop.train import step as step_lib
 from isoflop.train import task as task_lib
-from isoflop.train.compression import pruning
+from isoflop.train.compression import distillation, pruning
 
 
 @dataclasses.dataclass
@@ -40,6 +40,23 @@ class Prepared:
   tx: Any
   roles: Any  # each parameter's role (models/param_roles.py), a tree like the parameters
   record: dict[str, Any]
+
+
+class _WithTeacher:
+  """A compiled distillation step called as ``step(state, batch)``: the teacher's variables
+  are its fixed third argument."""
+
+  def __init__(self, compiled, teacher_variables):
+    self.compiled, self.teacher_variables = compiled, teacher_variables
+
+  def __call__(self, state, batch):
+    return self.compiled(state, batch, self.teacher_variables)
+
+  def memory_analysis(self):
+    return self.compiled.memory_analysis()
+
+  def cost_analysis(self):
+    return self.compiled.cost_analysis()
 
 
 class _PhaseTimer:
@@ -82,7 +99,7 @@ def _data_budget(config, source) -> float | None:
   return epochs
 
 
-def _measured_flops(jit_step, task, abstract, batch_shapes, lowered_step,
+def _measured_flops(jit_step, task, step_args, lowered_step,
                     microbatches: int) -> dict[str, float]:
   """FLOPs of one step by XLA's cost analysis, which counts a loop body once: so on the step
   with every loop unrolled (layers and microbatches). ``measured`` is what the step executes,
@@ -91,7 +108,7 @@ def _measured_flops(jit_step, task, abstract, batch_shapes, lowered_step,
   def flops(for_task):
     if for_task == task and microbatches == 1:  # nothing to unroll: the run's own lowering
       return float(lowered_step.cost_analysis()["flops"])
-    lowered = jit_step(for_task, unroll_microbatches=True).lower(abstract, batch_shapes)
+    lowered = jit_step(for_task, unroll_microbatches=True).lower(*step_args)
     return float(lowered.cost_analysis()["flops"])
 
   hardware = task.for_cost_analysis(remat=True)
@@ -168,7 +185,11 @@ def prepare(config, devices: Sequence[jax.Device] | None = None,
     pruner = pruning.make(config, variable_specs["params"], roles, jax.tree.map(
         lambda box: box.value, boxed_variables["params"],
         is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned)))
-    task = dataclasses.replace(task, pruner=pruner)
+    teacher = distillation.make(config)
+    teacher_abstract = None
+    if teacher is not None:  # on the student's mesh, by the same rules
+      teacher_abstract = distillation.abstract_variables(teacher, batch_shapes, mesh, rules)
+    task = dataclasses.replace(task, pruner=pruner, teacher=teacher)
     tx, schedule = optimizers.make_optimizer(
         config.optimizer, config.steps, roles, task.lr_multipliers(config.optimizer.name, roles))
     shapes, _, shardings = state_lib.abstract_state(
@@ -184,19 +205,22 @@ def prepare(config, devices: Sequence[jax.Device] | None = None,
           for_task, tx, schedule, microbatches=config.microbatches, l1=config.loss.l1,
           l2=config.loss.l2, decay_mask=param_roles.decay_mask(roles),
           layer_norms_stacked=stacked, unroll_microbatches=unroll_microbatches)
+      teacher_sharding = ()
+      if teacher is not None:  # the teacher's variables: the step's third argument
+        teacher_sharding = (jax.tree.map(lambda a: a.sharding, teacher_abstract),)
       if config.ensemble > 1:  # K seeds in one compiled step, all on the same batch
-        step = jax.vmap(step, in_axes=(0, None))
-      return jax.jit(step, in_shardings=(shardings, batch_sharding),
+        step = jax.vmap(step, in_axes=(0, None) + (None,) * len(teacher_sharding))
+      return jax.jit(step, in_shardings=(shardings, batch_sharding, *teacher_sharding),
                      out_shardings=(shardings, rules_lib.replicated(mesh)), donate_argnums=0)
 
+    step_args = (abstract, batch_shapes) + (() if teacher is None else (teacher_abstract,))
     phases.mark("abstract_state")
     start = time.perf_counter()
-    lowered_step = jit_step(task).lower(abstract, batch_shapes)
+    lowered_step = jit_step(task).lower(*step_args)
     compiled = lowered_step.compile()
     compile_s = time.perf_counter() - start
     phases.mark("compile_step")
-    measured = _measured_flops(jit_step, task, abstract, batch_shapes, lowered_step,
-                               config.microbatches)
+    measured = _measured_flops(jit_step, task, step_args, lowered_step, config.microbatches)
     phases.mark("cost_analysis")
     compiled_eval = None
     if config.eval_every:
@@ -216,6 +240,11 @@ def prepare(config, devices: Sequence[jax.Device] | None = None,
     described[f"flops_per_{unit}"][convention] = flops / units_per_step / config.ensemble
   if pruner is not None:
     described["sparsity"] = pruning.describe(pruner, described["n_params"])
+  if teacher is not None:
+    described["distill"] = teacher.describe()
+    # Frozen and outside the train state: read once, handed to every step.
+    teacher_variables = distillation.load_variables(teacher, teacher_abstract)
+    compiled = _WithTeacher(compiled, teacher_variables)
   memory = compiled.memory_analysis()
   needed = step_memory_bytes(memory)
   limit, limit_source = hardware.memory_limit_bytes(list(mesh.devices.flat))

@@ -62,21 +62,28 @@ def _shape(leaf) -> tuple[int, ...]:
   return tuple(leaf.shape)
 
 
-def plan(spec: str, abstract_state: Any) -> ParamsPlan:
-  """Checks a params-only ``init_from`` against this run's state shapes, reading only the
-  source's metadata; a one-line ValueError for a missing run or step, or mismatched shapes."""
+def resolve(spec: str, flag: str = "init_from") -> tuple[str, int]:
+  """(workdir, step) of ``<workdir>[:<step>]`` (default: its newest checkpoint); a one-line
+  ValueError, naming ``flag``, for a run without checkpoints or a step it did not save."""
   workdir, step = _split(spec)
   directory = os.path.join(workdir, "checkpoints")
   steps = sorted(int(n) for n in os.listdir(directory) if n.isdigit()) if os.path.isdir(
       directory) else []
   if not steps:
-    raise ValueError(f"init_from={spec}: {directory} holds no checkpoint; point it at the "
+    raise ValueError(f"{flag}={spec}: {directory} holds no checkpoint; point it at the "
                      "workdir of a run that saved one")
   if step is None:
     step = steps[-1]
   elif step not in steps:
-    raise ValueError(f"init_from={spec}: no checkpoint at step {step} (saved: "
+    raise ValueError(f"{flag}={spec}: no checkpoint at step {step} (saved: "
                      f"{', '.join(map(str, steps))})")
+  return workdir, step
+
+
+def plan(spec: str, abstract_state: Any) -> ParamsPlan:
+  """Checks a params-only ``init_from`` against this run's state shapes, reading only the
+  source's metadata; a one-line ValueError for a missing run or step, or mismatched shapes."""
+  workdir, step = resolve(spec)
   saved = checkpointing.saved_tree(workdir, step)
   source = {**_flat(saved["params"], "params"), **_flat(saved.get("model_state", {}),
                                                         "model_state")}
@@ -114,6 +121,21 @@ def _nest(flat: dict[str, Any]) -> dict[str, Any]:
   return tree
 
 
+def read_arrays(workdir: str, step: int, wanted: dict[str, jax.ShapeDtypeStruct]
+                ) -> dict[str, jax.Array]:
+  """The arrays named ``"params/..."`` / ``"model_state/..."`` of a saved train state, each
+  read straight onto its wanted sharding and dtype (Orbax's partial restore: nothing else of
+  the checkpoint is read)."""
+  item = _nest(wanted)
+  restore_args = jax.tree.map(
+      lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding, global_shape=a.shape, dtype=a.dtype),
+      item)
+  path = os.path.join(workdir, "checkpoints", str(step), "state")
+  restored = _flat(ocp.PyTreeCheckpointer().restore(path, args=ocp.args.PyTreeRestore(
+      item=item, restore_args=restore_args, partial_restore=True)), "")
+  return {name[1:]: leaf for name, leaf in restored.items()}  # drop the empty prefix's "/"
+
+
 def load(params_plan: ParamsPlan, state: Any) -> Any:
   """``state`` (freshly initialized) with the planned parameters and model state read from
   the source, each onto the sharding and dtype of its fresh counterpart."""
@@ -121,14 +143,7 @@ def load(params_plan: ParamsPlan, state: Any) -> Any:
   wanted = {name: jax.ShapeDtypeStruct(fresh[name].shape, fresh[name].dtype,
                                        sharding=fresh[name].sharding)
             for name in params_plan.loaded}
-  item = _nest(wanted)
-  restore_args = jax.tree.map(
-      lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding, global_shape=a.shape, dtype=a.dtype),
-      item)
-  path = os.path.join(params_plan.workdir, "checkpoints", str(params_plan.step), "state")
-  restored = _flat(ocp.PyTreeCheckpointer().restore(path, args=ocp.args.PyTreeRestore(
-      item=item, restore_args=restore_args, partial_restore=True)), "")
-  restored = {name[1:]: leaf for name, leaf in restored.items()}  # drop the empty prefix's "/"
+  restored = read_arrays(params_plan.workdir, params_plan.step, wanted)
 
   def pick(prefix):
     return lambda path, leaf: restored.get(_name(prefix, path), leaf)

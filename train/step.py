@@ -51,13 +51,15 @@ def make_train_step(task, tx: optax.GradientTransformation, schedule: optax.Sche
   matrices, not norms or biases. ``layer_norms_stacked`` (a tree of bools, see
   ``group_norms``) turns on per-group norms of params, grads, updates.
   ``unroll_microbatches`` unrolls the accumulation loop: the same computation, for XLA's
-  cost analysis, which counts a loop body once.
+  cost analysis, which counts a loop body once. A task with a distillation teacher takes the
+  teacher's variables as the step's third argument (frozen: no gradient flows to them).
   """
   if (l1 or l2) and decay_mask is None:
     raise ValueError("L1/L2 penalties need decay_mask (param_roles.decay_mask)")
 
-  def objective(params, model_state, batch, rng):
-    terms, new_model_state = task.losses(params, model_state, batch, rng, train=True)
+  def objective(params, model_state, batch, rng, teacher_variables):
+    terms, new_model_state = task.losses(params, model_state, batch, rng, train=True,
+                                         teacher_variables=teacher_variables)
     loss = terms.objective
     if l1 or l2:
       decayed = [p for p, m in zip(jax.tree.leaves(params), jax.tree.leaves(decay_mask)) if m]
@@ -69,11 +71,12 @@ def make_train_step(task, tx: optax.GradientTransformation, schedule: optax.Sche
 
   grad_fn = jax.value_and_grad(objective, has_aux=True)
 
-  def step(state: TrainState, batch) -> tuple[TrainState, dict[str, jax.Array]]:
+  def step(state: TrainState, batch, teacher_variables=None
+           ) -> tuple[TrainState, dict[str, jax.Array]]:
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     if microbatches == 1:
       (_, (_, metrics, model_state)), grads = grad_fn(state.params, state.model_state, batch,
-                                                      rng)
+                                                      rng, teacher_variables)
       metrics = {k: mean for k, (mean, _) in metrics.items()}
     else:
       # Microbatch i takes rows i, i+M, ...: every device keeps its own rows, no resharding.
@@ -83,7 +86,7 @@ def make_train_step(task, tx: optax.GradientTransformation, schedule: optax.Sche
 
       def micro_sums(model_state, index, micro):
         (_, (weight, metrics, model_state)), grads = grad_fn(
-            state.params, model_state, micro, jax.random.fold_in(rng, index))
+            state.params, model_state, micro, jax.random.fold_in(rng, index), teacher_variables)
         grads = jax.tree.map(lambda g: g * weight.astype(g.dtype), grads)
         return (grads, *_weighted_sums(metrics, weight)), model_state
 

@@ -35,8 +35,10 @@ class Task:
   model_config: Any
   objective: Any
   seq_len: int  # the run's context, for the family's per-token accounting
-  # Compression applied to the model (train/compression/): pruning masks kept in the state.
+  # Compression applied to the model (train/compression/): pruning masks kept in the state;
+  # a distillation teacher, whose variables the step passes to ``losses``.
   pruner: Any = None
+  teacher: Any = None
 
   @property
   def model(self):
@@ -64,10 +66,11 @@ class Task:
     variables = self.model.init({"params": rng}, *args, **kwargs)
     return {k: v for k, v in variables.items() if k not in families.TRANSIENT_COLLECTIONS}
 
-  def losses(self, params, model_state, batch, rng, train: bool
+  def losses(self, params, model_state, batch, rng, train: bool, teacher_variables=None
              ) -> tuple[objectives.Terms, dict[str, Any]]:
     """(Terms, updated model state) of one batch. Model state changes only when training;
-    evaluation uses it as it is (a BatchNorm's running averages)."""
+    evaluation uses it as it is (a BatchNorm's running averages). With a teacher and its
+    variables, the objective is the distillation loss; ``loss`` stays the labels' CE."""
     batch = self.objective.prepare(batch, jax.random.fold_in(rng, 1))
     args, kwargs = self.objective.model_inputs(batch, train=train)
     aux = [families.AUX_LOSS, families.AUX_METRICS]
@@ -77,6 +80,11 @@ class Task:
     terms = self.objective.terms(outputs, batch)
     metrics = dict(terms.metrics)
     objective = terms.objective
+    if self.teacher is not None and teacher_variables is not None:
+      objective, kl, weight = self.teacher.objective(
+          objective, outputs, self.teacher.logits(teacher_variables, batch),
+          self.objective.target_weights(outputs, batch))
+      metrics["distill_kl"] = (kl, weight)
     if updates.get(families.AUX_LOSS):
       objective = objective + _leaf_sum(updates[families.AUX_LOSS])
     for name, value in _aux_metrics(updates.get(families.AUX_METRICS, {})).items():

@@ -69,6 +69,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.prune.scope = "layer"  # layer: each matrix (each layer of it) on its own | global
   c.prune.roles = ("hidden",)  # parameter roles pruned: hidden, readout
 
+  # Distillation (train/compression/distillation.py): a trained run of any family with this
+  # run's task and vocabulary teaches: alpha * CE + (1 - alpha) * T^2 * KL(teacher_T||student_T).
+  c.distill = ml_collections.ConfigDict()
+  c.distill.teacher = config_dict.placeholder(str)  # <workdir>[:<step>]; None: no teacher
+  c.distill.alpha = 0.5
+  c.distill.temperature = 2.0
+
   c.model = ml_collections.ConfigDict()
   m = c.model
   # decoder | lstm | encoder | encdec (models/families.py); another family's config file

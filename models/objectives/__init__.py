@@ -60,6 +60,10 @@ class Objective(Protocol):
   def units(self, batch) -> int:
     """Units (tokens or examples) a batch of this shape trains on, for throughput."""
 
+  def target_weights(self, outputs, batch) -> jax.Array:
+    """1 where ``outputs`` (logits) predict a target the loss counts, 0 elsewhere, shaped like
+    the logits without their last axis: what distillation's soft term averages over."""
+
 
 class ExampleObjective(Objective, Protocol):
   """An objective that makes its own examples from raw token windows (see the module doc)."""

@@ -60,6 +60,9 @@ class CausalLm:
                                      jnp.asarray(targets_BL.shape[0], jnp.float32))
     return metrics
 
+  def target_weights(self, logits_BLV, batch):
+    return jnp.ones(batch["targets"].shape, jnp.float32)
+
   def units(self, batch) -> int:
     return int(batch["targets"].shape[0] * batch["targets"].shape[1])
 

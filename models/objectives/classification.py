@@ -73,6 +73,9 @@ class Classification:
       metrics["top5_accuracy"] = (mean(in_top5_B), weight)
     return metrics
 
+  def target_weights(self, logits_BK, batch):
+    return (batch["label"] >= 0).astype(jnp.float32)
+
   def units(self, batch) -> int:
     return int(batch["label"].shape[0])
 

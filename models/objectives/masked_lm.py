@@ -81,6 +81,9 @@ class MaskedLm:
     return objectives.weighted_token_metrics(logits_BLV, batch["targets"],
                                              batch["target_weights"])
 
+  def target_weights(self, logits, batch):
+    return batch["target_weights"]
+
   def units(self, batch) -> int:
     """Tokens the model reads (every position is encoded), not only the selected ones."""
     return int(batch["inputs"].shape[0] * batch["inputs"].shape[1])

@@ -175,6 +175,9 @@ class SpanCorruption:
     return objectives.weighted_token_metrics(logits_BTV, batch["targets"],
                                              batch["target_weights"])
 
+  def target_weights(self, logits, batch):
+    return batch["target_weights"]
+
   def units(self, batch) -> int:
     """Tokens the model reads: every encoder and every decoder position."""
     return int(batch["inputs"].shape[0] * (batch["inputs"].shape[1]
