@@ -39,6 +39,13 @@ SUBCOMMAND_HELP = {
     "transfer": ("best learning rate against width from an lr x width sweep (SP vs muP)",
                  "isoflop transfer --workdir=<sweep dir> --out=<dir>",
                  ["isoflop transfer --workdir=runs/mup_lr --out=runs/mup_lr/transfer"]),
+    "compress": ("prune, quantize or factorize a trained run; loss before and after",
+                 "isoflop compress --workdir=<trained run> --method=prune|quantize|lowrank "
+                 "--out=<dir> [--config.prune.sparsity=0.5 ...] [--finetune_steps=K]",
+                 ["isoflop compress --workdir=runs/x --method=prune --out=runs/x_s50 "
+                  "--config.prune.sparsity=0.5",
+                  "isoflop compress --workdir=runs/x --method=quantize --out=runs/x_int8 "
+                  "--config.quant.bits=8"]),
     "compare": ("final loss against N or C, and loss by position, for sweeps side by side",
                 "isoflop compare --workdirs=<sweep dir>,<sweep dir> [--labels=a,b] "
                 "[--x=N_kaplan] --out=<dir>",
@@ -342,6 +349,11 @@ def compare_command(argv: Sequence[str]) -> int:
   return compare.main(list(argv))
 
 
+def compress_command(argv: Sequence[str]) -> int:
+  from isoflop.experiments import compress
+  return compress.main(list(argv))
+
+
 def coordcheck_command(argv: Sequence[str]) -> int:
   from isoflop.experiments import coordcheck
   return coordcheck.main(list(argv))
@@ -349,7 +361,8 @@ def coordcheck_command(argv: Sequence[str]) -> int:
 
 SUBCOMMANDS = {"train": train_command, "sweep": sweep_command, "analyze": analyze_command,
                "bench": bench_command, "coordcheck": coordcheck_command,
-               "transfer": transfer_command, "compare": compare_command}
+               "transfer": transfer_command, "compare": compare_command,
+               "compress": compress_command}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

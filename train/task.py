@@ -39,10 +39,13 @@ class Task:
   # a distillation teacher, whose variables the step passes to ``losses``.
   pruner: Any = None
   teacher: Any = None
+  # module -> module: the model as trained or evaluated, e.g. Qwix's quantized wrapper
+  wrap_model: Any = None
 
   @property
   def model(self):
-    return self.family.make_model(self.model_config)
+    model = self.family.make_model(self.model_config)
+    return model if self.wrap_model is None else self.wrap_model(model)
 
   @property
   def batch_keys(self) -> tuple[str, ...]:

@@ -69,6 +69,20 @@ def get_config() -> ml_collections.ConfigDict:
   c.prune.scope = "layer"  # layer: each matrix (each layer of it) on its own | global
   c.prune.roles = ("hidden",)  # parameter roles pruned: hidden, readout
 
+  # Quantization with Qwix (train/compression/quantization.py): qat trains with fake-quantized
+  # weights (straight-through gradients); weight_only and w8a8 are post-training
+  # (`isoflop compress --method=quantize`).
+  c.quant = ml_collections.ConfigDict()
+  c.quant.bits = config_dict.placeholder(int)  # None: off | 8 | 4
+  c.quant.mode = "weight_only"  # weight_only | w8a8 | qat
+  c.quant.tile_size = config_dict.placeholder(int)  # None: per channel; n: a scale per n inputs
+  c.quant.act_bits = config_dict.placeholder(int)  # qat: also fake-quantize activations (8)
+  # Low-rank factorization (train/compression/lowrank.py, `isoflop compress --method=lowrank`):
+  # each hidden kernel W -> U V from its truncated SVD; set one of these.
+  c.lowrank = ml_collections.ConfigDict()
+  c.lowrank.rank_fraction = config_dict.placeholder(float)  # r = fraction x min(d_in, d_out)
+  c.lowrank.energy = config_dict.placeholder(float)  # smallest r keeping this spectral energy
+  c.lowrank.rank = config_dict.placeholder(int)  # one rank for every kernel
   # Distillation (train/compression/distillation.py): a trained run of any family with this
   # run's task and vocabulary teaches: alpha * CE + (1 - alpha) * T^2 * KL(teacher_T||student_T).
   c.distill = ml_collections.ConfigDict()

@@ -1,0 +1,78 @@
+"""`isoflop compress` on a trained run: held-out loss before and after, non-zero counts, a
+loadable output run, and one-line refusals that write nothing."""
+
+import json
+
+import pytest
+
+from isoflop.experiments import cli
+from isoflop.train import build, init_from, loop
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  from isoflop.experiments.configs import tiny
+  c = tiny.get_config()
+  c.steps, c.batch_size, c.seq_len, c.log_every, c.optimizer.warmup_steps = 8, 8, 16, 4, 2
+  c.model.d_model = 32
+  workdir = tmp_path_factory.mktemp("trained")
+  loop.run(build.prepare(c), str(workdir), progress=False)
+  return workdir, c
+
+
+def _compress(*args):
+  return cli.main(["isoflop", "compress", *map(str, args)])
+
+
+def test_prune_reports_before_and_after_and_writes_a_loadable_run(trained, tmp_path):
+  workdir, c = trained
+  out = tmp_path / "pruned"
+  assert _compress(f"--workdir={workdir}", "--method=prune", f"--out={out}",
+                   "--config.prune.sparsity=0.75") == 0
+  report = json.loads((out / "compress.json").read_text())
+  selected = report["pruned_params"]
+  assert selected == report["planned_pruned_params"] > 0
+  assert report["n_params_nonzero"] == report["n_params_dense"] - selected
+  assert report["loss_after"] > report["loss_before"]  # 75% of the matrices gone costs loss
+  assert report["weight_bytes"] < report["weight_bytes_dense"]
+  record = json.loads((out / "config.json").read_text())
+  assert record["compression"]["method"] == "prune"
+  fresh = build.prepare(c)  # the compressed run seeds another run of the same shape
+  plan = init_from.plan(str(out), fresh.abstract_state)
+  assert not plan.fresh and plan.step == 0
+
+
+def test_finetune_recovers_with_the_masks_held(trained, tmp_path):
+  workdir, _ = trained
+  out = tmp_path / "tuned"
+  assert _compress(f"--workdir={workdir}", "--method=prune", f"--out={out}",
+                   "--config.prune.method=nm", "--finetune_steps=6") == 0
+  report = json.loads((out / "compress.json").read_text())
+  assert report["loss_after_finetune"] < report["loss_after"]
+  rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+  assert all(row["sparsity"] == 0.5 for row in rows if "sparsity" in row)
+
+
+@pytest.mark.parametrize("case", ["no_checkpoint", "out_not_empty", "bad_sparsity"])
+def test_bad_compress_input_is_one_line_and_writes_nothing(trained, tmp_path, capsys, case):
+  workdir, _ = trained
+  out = tmp_path / "out"
+  args = [f"--workdir={workdir}", "--method=prune", f"--out={out}"]
+  if case == "no_checkpoint":
+    empty = tmp_path / "empty_run"
+    empty.mkdir()
+    (empty / "config.json").write_text((workdir / "config.json").read_text())
+    args[0] = f"--workdir={empty}"
+  elif case == "out_not_empty":
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+  else:
+    args.append("--config.prune.sparsity=1.0")
+  capsys.readouterr()
+  assert _compress(*args) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith("isoflop compress: error:"), err
+  if case == "out_not_empty":
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+  else:
+    assert not out.exists()
