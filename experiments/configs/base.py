@@ -66,6 +66,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.prune.start_step = 0
   c.prune.end_step = config_dict.placeholder(int)  # gradual: where the final sparsity is reached
   c.prune.every = 10  # gradual: steps between mask updates
+  # When set: start_step / end_step at these fractions of `steps` (sweeps of varied lengths)
+  c.prune.start_fraction = config_dict.placeholder(float)
+  c.prune.end_fraction = config_dict.placeholder(float)
   c.prune.scope = "layer"  # layer: each matrix (each layer of it) on its own | global
   c.prune.roles = ("hidden",)  # parameter roles pruned: hidden, readout
 

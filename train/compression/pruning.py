@@ -60,10 +60,20 @@ class PruneSettings:
     return inside & (((step - self.start_step) % self.every == 0) | (step == self.end_step))
 
 
-def settings_from_config(block) -> PruneSettings | None:
-  """The ``prune`` config block, checked; None when ``prune.method`` is None (off)."""
+def settings_from_config(block, steps: int | None = None) -> PruneSettings | None:
+  """The ``prune`` config block, checked; None when ``prune.method`` is None (off).
+  ``start_fraction`` / ``end_fraction``, when set, place the start and end at those fractions
+  of the run's ``steps`` (what a sweep of runs of different lengths needs)."""
   if block is None or block.get("method") is None:
     return None
+  for key in ("start_fraction", "end_fraction"):
+    fraction = block.get(key)
+    if fraction is not None:
+      if not 0.0 <= fraction <= 1.0 or steps is None:
+        raise ValueError(f"prune.{key}={fraction} must be a fraction of the run's steps in "
+                         "[0, 1]")
+      block = block.copy_and_resolve_references()
+      block[key.replace("fraction", "step")] = int(round(fraction * steps))
   method = block.method
   if method not in METHODS:
     raise ValueError(f"prune.method={method!r} is unknown; choose one of {', '.join(METHODS)}")
@@ -241,7 +251,7 @@ def apply_masks(params: Any, masks: dict) -> Any:
 
 def make(config, param_specs: Any, roles: Any, param_shapes: Any) -> Pruner | None:
   """The run's pruner, or None without ``config.prune.method``."""
-  settings = settings_from_config(config.get("prune"))
+  settings = settings_from_config(config.get("prune"), config.steps)
   return None if settings is None else Pruner(settings, param_specs, roles, param_shapes)
 
 
