@@ -40,9 +40,11 @@ def _flag_value(value: Any) -> str:
 
 
 def member_args(config_path: str, member_dir: str, overrides: dict[str, Any]) -> list[str]:
-  """The ``isoflop train`` arguments of one member."""
+  """The ``isoflop train`` arguments of one member. A None override (e.g. no teacher, next to a
+  teacher, in a sweep's compression axis) keeps the config's own value, which for the optional
+  keys is None: the command line has no spelling for None."""
   return [f"--config={config_path}", f"--workdir={member_dir}",
-          *[f"--config.{k}={_flag_value(v)}" for k, v in overrides.items()]]
+          *[f"--config.{k}={_flag_value(v)}" for k, v in overrides.items() if v is not None]]
 
 
 def member_command(config_path: str, member_dir: str, overrides: dict[str, Any]) -> list[str]:
