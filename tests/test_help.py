@@ -4,7 +4,8 @@ import pytest
 
 from isoflop.experiments import cli
 
-SUBCOMMANDS = ["train", "sweep", "analyze", "bench", "coordcheck", "transfer", "compare"]
+SUBCOMMANDS = ["train", "sweep", "analyze", "bench", "coordcheck", "transfer", "compress",
+               "compare"]
 
 
 @pytest.mark.parametrize("flag", ["--help", "-h"])
