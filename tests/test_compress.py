@@ -53,7 +53,31 @@ def test_finetune_recovers_with_the_masks_held(trained, tmp_path):
   assert all(row["sparsity"] == 0.5 for row in rows if "sparsity" in row)
 
 
-@pytest.mark.parametrize("case", ["no_checkpoint", "out_not_empty", "bad_sparsity"])
+def test_quantize_reports_bytes_and_writes_the_quantized_values(trained, tmp_path):
+  """int8 then int4 weight-only PTQ: fewer bytes at fewer bits, a held-out loss measured on the
+  quantized model, and a run holding at most 16 distinct values per output channel at int4."""
+  import numpy as np
+  workdir, _ = trained
+  reports = {}
+  for bits in (8, 4):
+    out = tmp_path / f"int{bits}"
+    assert _compress(f"--workdir={workdir}", "--method=quantize", f"--out={out}",
+                     f"--config.quant.bits={bits}") == 0
+    reports[bits] = json.loads((out / "compress.json").read_text())
+  assert reports[4]["weight_bytes"] < reports[8]["weight_bytes"] < reports[8]["weight_bytes_dense"]
+  for report in reports.values():
+    assert report["loss_after"] != report["loss_before"]
+    assert abs(report["loss_after"] - report["loss_before"]) < 0.1 * report["loss_before"]
+    assert report["n_params_nonzero"] == report["n_params_dense"]
+  import orbax.checkpoint as ocp
+  saved = ocp.PyTreeCheckpointer().restore(str(tmp_path / "int4" / "checkpoints" / "0" / "state"))
+  kernel = saved["params"]["layers"]["mlp"]["wi"]["kernel"]  # (layers, embed, mlp)
+  for layer in np.asarray(kernel):
+    assert max(len(np.unique(layer[:, j])) for j in range(layer.shape[1])) <= 16
+
+
+@pytest.mark.parametrize("case", ["no_checkpoint", "out_not_empty", "bad_sparsity",
+                                  "bad_bits"])
 def test_bad_compress_input_is_one_line_and_writes_nothing(trained, tmp_path, capsys, case):
   workdir, _ = trained
   out = tmp_path / "out"
@@ -66,8 +90,10 @@ def test_bad_compress_input_is_one_line_and_writes_nothing(trained, tmp_path, ca
   elif case == "out_not_empty":
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-  else:
+  elif case == "bad_sparsity":
     args.append("--config.prune.sparsity=1.0")
+  else:
+    args[1:2] = ["--method=quantize", "--config.quant.bits=3"]
   capsys.readouterr()
   assert _compress(*args) == 2
   err = capsys.readouterr().err.strip().splitlines()

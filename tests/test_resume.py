@@ -142,16 +142,18 @@ def test_kill_9_at_any_moment_resumes_bitwise(reference, tmp_path):
 GRADUAL_PRUNING = ["--config.prune.method=gradual", "--config.prune.sparsity=0.5",
                    "--config.prune.start_step=4", "--config.prune.end_step=40",
                    "--config.prune.every=4"]
+# The ViT trains quantization-aware (fake int4 weights, patch convolution included).
+QAT_INT4 = ["--config.quant.bits=4", "--config.quant.mode=qat"]
 
 
 @pytest.mark.parametrize("config_name, extra", [
     ("moe_tiny", []), ("lstm_tiny", GRADUAL_PRUNING), ("bert_tiny", []), ("t5_tiny", []),
-    ("vit_tiny", []), ("resnet_tiny", [])], ids=["moe_tiny", "lstm_tiny_gradual_pruning",
-                                                 "bert_tiny", "t5_tiny", "vit_tiny",
-                                                 "resnet_tiny"])
+    ("vit_tiny", QAT_INT4), ("resnet_tiny", [])], ids=[
+        "moe_tiny", "lstm_tiny_gradual_pruning", "bert_tiny", "t5_tiny", "vit_tiny_qat_int4",
+        "resnet_tiny"])
 def test_other_families_resume_bitwise_after_kill_9(config_name, extra, tmp_path):
-  """A routed decoder, an LSTM (pruned as it trains), a masked-LM encoder and a
-  span-corruption encoder-decoder, killed after a checkpoint and restarted, end exactly where
+  """A routed decoder, an LSTM (pruned as it trains), a masked-LM encoder, a
+  span-corruption encoder-decoder and a ViT (trained quantization-aware), killed after a checkpoint and restarted, end exactly where
   an uninterrupted run does. Processes of two devices, not eight: the same code path at a
   fraction of the CPU time (the reference is a process too: XLA's CPU numerics depend on the
   process's device count)."""
@@ -178,7 +180,9 @@ def test_other_families_resume_bitwise_after_kill_9(config_name, extra, tmp_path
                                  cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
   assert uninterrupted.returncode == 0, uninterrupted.stderr
   _assert_same_run(workdir, (_final_params(reference), _rows(reference)))
-  if extra:  # the pruned fraction, as logged through the kill, reaches its target
+  if extra == QAT_INT4:
+    assert json.loads((workdir / "config.json").read_text())["quant"]["bits"] == 4
+  elif extra:  # the pruned fraction, as logged through the kill, reaches its target
     assert [r["sparsity"] for r in _rows(workdir)] == [r["sparsity"] for r in _rows(reference)]
     assert _rows(workdir)[-1]["sparsity"] == pytest.approx(0.5, abs=1e-3)
 

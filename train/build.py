@@ -139,6 +139,19 @@ def check_memory_fits(record: dict[str, Any]) -> None:
         "or set model.remat=full")
 
 
+def _quantization_aware(task, block):
+  """The task training through Qwix's fake quantization (``quant.mode=qat``); the other modes
+  quantize a trained run, after training."""
+  from isoflop.train.compression import quantization  # Qwix, only for runs that quantize
+  settings = quantization.settings_from_config(block)
+  if settings.mode != "qat":
+    raise ValueError(f"quant.mode={settings.mode} quantizes after training; train with "
+                     "quant.mode=qat, or quantize a trained run with `isoflop compress "
+                     "--method=quantize`")
+  return dataclasses.replace(task, wrap_model=lambda model: quantization.qat_model(model,
+                                                                                  settings))
+
+
 def prepare(config, devices: Sequence[jax.Device] | None = None,
             workdir: str | None = None) -> Prepared:
   """Checks the config, builds data, mesh, task and optimizer, and compiles the step. Writes
@@ -152,6 +165,8 @@ def prepare(config, devices: Sequence[jax.Device] | None = None,
     config.model.vocab_size = source.vocab_size  # the model's vocabulary follows the tokenizer
   epochs = _data_budget(config, source)
   task = task_lib.make_task(config)
+  if config.get("quant") and config.quant.bits is not None:
+    task = _quantization_aware(task, config.quant)
   rules = rules_lib.get_rules(config.mesh.rules)
   sizes = {axis: size for axis, size in config.mesh.items() if axis != "rules"}
   mesh = mesh_lib.build_mesh(sizes, devices, rules_lib.mesh_axes(rules), config.mesh.rules)
@@ -240,6 +255,8 @@ def prepare(config, devices: Sequence[jax.Device] | None = None,
     described[f"flops_per_{unit}"][convention] = flops / units_per_step / config.ensemble
   if pruner is not None:
     described["sparsity"] = pruning.describe(pruner, described["n_params"])
+  if config.get("quant") and config.quant.bits is not None:
+    described["quant"] = {k: config.quant[k] for k in ("bits", "mode", "tile_size", "act_bits")}
   if teacher is not None:
     described["distill"] = teacher.describe()
     # Frozen and outside the train state: read once, handed to every step.

@@ -109,7 +109,8 @@ def _cell_scan(gx_LBHG, recurrent_RHG, projection_HP, reset_LB, unroll: int):
     i_BH, f_BH, g_BH, o_BH = (z_BHG[..., k] for k in range(GATES))
     c_BH = jax.nn.sigmoid(f_BH) * c_BH + jax.nn.sigmoid(i_BH) * jnp.tanh(g_BH)
     h_BH = jax.nn.sigmoid(o_BH) * jnp.tanh(c_BH)
-    r_BR = h_BH if projection_HP is None else h_BH @ projection_HP
+    # An einsum, not @ (a jitted jnp.matmul): Qwix quantization intercepts einsum.
+    r_BR = h_BH if projection_HP is None else jnp.einsum("bh,hp->bp", h_BH, projection_HP)
     c_BH = logical.constrain(c_BH, ("batch", "mlp"))
     r_BR = logical.constrain(r_BR, ("batch", None))
     return (c_BH, r_BR), r_BR

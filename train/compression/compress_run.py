@@ -145,11 +145,14 @@ def _compress(config, source, step, method, staging, finetune_steps) -> dict[str
     if settings is None:
       raise ValueError("--method=lowrank needs lowrank.rank_fraction, lowrank.energy or "
                        "lowrank.rank, e.g. --config.lowrank.rank_fraction=0.5")
-    factored, _, factor_report = lowrank.factorize(jax.device_get(state.params),
-                                                   _param_specs(prepared), settings)
+    factored, factored_specs, factor_report = lowrank.factorize(
+        jax.device_get(state.params), _param_specs(prepared), settings)
+    # The output run holds the dense U V (it loads as any run of this config); the report
+    # counts the factored form.
     params = jax.tree.map(lambda new, old: jax.device_put(new, old.sharding),
-                          lowrank.materialize(factored), state.params)
-    report.update(lowrank=factor_report, n_params_nonzero=int(factor_report["n_params_after"]),
+                          lowrank.materialize(factored, factored_specs), state.params)
+    removed = factor_report["n_params_before"] - factor_report["n_params_after"]
+    report.update(lowrank=factor_report, n_params_nonzero=n_dense - removed,
                   weight_bytes=_float_bytes(factored),
                   loss_after=_evaluate(prepared, params, state.model_state))
     report["flops_per_token_after"] = _lowrank_flops(report["flops_per_token_before"],
@@ -162,14 +165,19 @@ def _compress(config, source, step, method, staging, finetune_steps) -> dict[str
       raise ValueError("--method=quantize needs quant.bits (8 or 4) and quant.mode "
                        "weight_only or w8a8, e.g. --config.quant.bits=8")
     model = prepared.task.model
-    quantized_model, quantized_params = quantization.ptq(model, state.params, settings)
+    quantized_model, quantized_params = quantization.ptq(
+        model, state.params, settings, param_specs=_param_specs(prepared))
     task = dataclasses.replace(prepared.task, wrap_model=lambda _: quantized_model)
     eval_fn = jax.jit(task.eval_metrics)
     report.update(quant=dataclasses.asdict(settings), n_params_nonzero=n_dense,
                   weight_bytes=int(quantization.weight_bytes(quantized_params)),
                   loss_after=_evaluate(prepared, quantized_params, state.model_state, eval_fn))
     report["flops_per_token_after"] = report["flops_per_token_before"]
-    _write_run(prepared, state, staging, report)
+    # The run holds the dequantized weights: loadable by any float run, computing what the
+    # weight-only quantized model computes (w8a8's activation rounding is not stored).
+    params = jax.tree.map(lambda new, old: jax.device_put(new.astype(old.dtype), old.sharding),
+                          quantization.dequantized(quantized_params), state.params)
+    _write_run(prepared, state.replace(params=params), staging, report)
   return report
 
 
