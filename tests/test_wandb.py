@@ -10,6 +10,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -55,8 +56,16 @@ def _items(updates) -> dict:
 def _offline_run(wandb_file: str) -> dict:
   """The run record (id, group, name, config), history rows by step, and the last summary
   value of each key that one offline session wrote."""
+  records = _records(wandb_file)
+  deadline = time.monotonic() + 60
+  # W&B's service process writes the file; under load it may still be flushing after
+  # finish() returns: read again until the run's exit record is there.
+  while not any(r.WhichOneof("record_type") == "exit" for r in records):
+    assert time.monotonic() < deadline, "the offline run file never got its exit record"
+    time.sleep(0.5)
+    records = _records(wandb_file)
   run, history, summary = None, {}, {}
-  for record in _records(wandb_file):
+  for record in records:
     kind = record.WhichOneof("record_type")
     if kind == "run":
       run = record.run
