@@ -177,6 +177,15 @@ def test_compress_lowrank_reports_and_writes_a_loadable_run(trained, tmp_path, c
   plan = init_from.plan(str(out), build.prepare(c).abstract_state)  # loads as a dense run
   assert not plan.fresh and plan.step == 0
 
+  tuned = tmp_path / "tuned"  # recovery trains U and V, then writes their dense product
+  assert _compress(f"--workdir={workdir}", "--method=lowrank", f"--out={tuned}",
+                   "--config.lowrank.rank_fraction=0.25", "--finetune_steps=6") == 0
+  report = json.loads((tuned / "compress.json").read_text())
+  assert report["loss_after_finetune"] < report["loss_after"] and report["finetune_steps"] == 6
+  rows = [json.loads(line) for line in (tuned / "metrics.jsonl").read_text().splitlines()]
+  assert max(row["step"] for row in rows) == 6
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["factored", "tuned"]  # no scratch left
+
   bad = tmp_path / "bad"
   capsys.readouterr()
   assert _compress(f"--workdir={workdir}", "--method=lowrank", f"--out={bad}",

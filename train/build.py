@@ -153,9 +153,10 @@ def _quantization_aware(task, block):
 
 
 def prepare(config, devices: Sequence[jax.Device] | None = None,
-            workdir: str | None = None) -> Prepared:
+            workdir: str | None = None, wrap_model=None) -> Prepared:
   """Checks the config, builds data, mesh, task and optimizer, and compiles the step. Writes
-  nothing to ``workdir`` (it is read for a tokenizer saved by an earlier run)."""
+  nothing to ``workdir`` (it is read for a tokenizer saved by an earlier run). ``wrap_model``
+  (module -> module) trains another form of the model, e.g. low-rank factors."""
   _check_run_config(config)
   phases = _PhaseTimer()
   source = data_lib.make_source(config, workdir=workdir)
@@ -167,6 +168,11 @@ def prepare(config, devices: Sequence[jax.Device] | None = None,
   task = task_lib.make_task(config)
   if config.get("quant") and config.quant.bits is not None:
     task = _quantization_aware(task, config.quant)
+  if wrap_model is not None:
+    if task.wrap_model is not None:
+      raise ValueError("quant.mode=qat cannot train another form of the model (low-rank "
+                       "recovery); set quant.bits=None")
+    task = dataclasses.replace(task, wrap_model=wrap_model)
   rules = rules_lib.get_rules(config.mesh.rules)
   sizes = {axis: size for axis, size in config.mesh.items() if axis != "rules"}
   mesh = mesh_lib.build_mesh(sizes, devices, rules_lib.mesh_axes(rules), config.mesh.rules)

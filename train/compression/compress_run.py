@@ -53,14 +53,40 @@ def _evaluate(prepared, params, model_state, eval_fn=None) -> float:
   return float(loop.eval_means(jax.device_get(batches))["loss"])
 
 
-def _loaded_state(prepared, source: str, step: int):
-  """A fresh state of ``prepared`` with the source's parameters (and model state)."""
+def _fresh_state(prepared):
   with jax.set_mesh(prepared.mesh), nn.logical_axis_rules(prepared.rules):
-    state = state_lib.create_state(
+    return state_lib.create_state(
         prepared.task, prepared.tx, prepared.batch_shapes, state_lib.seed_keys(
             prepared.config.seed), jax.tree.map(lambda a: a.sharding, prepared.abstract_state))
+
+
+def _loaded_state(prepared, source: str, step: int):
+  """A fresh state of ``prepared`` with the source's parameters (and model state)."""
   plan = init_from.plan(f"{source}:{step}", prepared.abstract_state)
-  return init_from.load(plan, state)
+  return init_from.load(plan, _fresh_state(prepared))
+
+
+def _recovered(dense, source: str, factored, factored_specs, staging: str, steps: int):
+  """Recovery training of the factors themselves (U and V, never a dense W): ``steps`` steps
+  from the factorized weights. Returns (trained factors, their metrics.jsonl, held-out loss)."""
+  from isoflop.train.compression import lowrank
+  scratch = f"{staging}.factored"
+  ranks = lowrank.ranks_of(factored)
+  tune = _with(dense, init_from=f"{scratch}:0", steps=steps,
+               optimizer__warmup_steps=min(dense.optimizer.warmup_steps, steps))
+  prepared = build.prepare(tune, workdir=source, wrap_model=lambda model: lowrank.FactoredModel(
+      model, factored_specs, ranks))
+  state = _fresh_state(prepared)
+  state = state.replace(params=jax.tree.map(
+      lambda new, old: jax.device_put(np.asarray(new, old.dtype), old.sharding), factored,
+      state.params))
+  _write_run(prepared, state, scratch, {"method": "lowrank", "start_of_recovery": True})
+  result = loop.run(prepared, os.path.join(scratch, "tuned"), progress=False)
+  loss = _evaluate(prepared, result.state.params, result.state.model_state)
+  metrics = f"{staging}.metrics.jsonl"
+  shutil.copy(os.path.join(scratch, "tuned", "metrics.jsonl"), metrics)
+  shutil.rmtree(scratch, ignore_errors=True)
+  return jax.device_get(result.state.params), metrics, loss
 
 
 def _param_specs(prepared):
@@ -96,6 +122,9 @@ def compress(config, source: str, step: int, method: str, out: str, finetune_ste
     os.rename(staging, out)
   finally:
     shutil.rmtree(staging, ignore_errors=True)
+    shutil.rmtree(f"{staging}.factored", ignore_errors=True)
+    if os.path.exists(f"{staging}.metrics.jsonl"):
+      os.remove(f"{staging}.metrics.jsonl")
   return report
 
 
@@ -110,9 +139,9 @@ def _compress(config, source, step, method, staging, finetune_steps) -> dict[str
     dense = _with(dense, prune__method=block.method or "magnitude", prune__start_step=0,
                   init_from=f"{source}:{step}", steps=steps,
                   optimizer__warmup_steps=min(config.optimizer.warmup_steps, steps))
-  elif finetune_steps:
-    raise ValueError(f"--finetune_steps works with --method=prune so far; to recover after "
-                     f"{method}, train from the compressed run with init_from")
+  elif finetune_steps and method != "lowrank":
+    raise ValueError(f"--finetune_steps works with --method=prune and lowrank; to recover "
+                     f"after {method}, train from the compressed run with init_from")
   prepared = build.prepare(dense, workdir=source)
   record = prepared.record
   unit = record["unit"]
@@ -157,7 +186,15 @@ def _compress(config, source, step, method, staging, finetune_steps) -> dict[str
                   loss_after=_evaluate(prepared, params, state.model_state))
     report["flops_per_token_after"] = _lowrank_flops(report["flops_per_token_before"],
                                                       factor_report)
+    if finetune_steps:
+      tuned, metrics, report["loss_after_finetune"] = _recovered(
+          dense, source, factored, factored_specs, staging, finetune_steps)
+      params = jax.tree.map(lambda new, old: jax.device_put(new.astype(old.dtype), old.sharding),
+                            lowrank.materialize(tuned, factored_specs), state.params)
+      report["finetune_steps"] = finetune_steps
     _write_run(prepared, state.replace(params=params), staging, report)
+    if finetune_steps:
+      shutil.copy(metrics, os.path.join(staging, "metrics.jsonl"))
   else:
     from isoflop.train.compression import quantization
     settings = quantization.settings_from_config(config.quant)

@@ -150,7 +150,7 @@ class _Matrix:
             copies + (RANK_AXIS,) + tuple(self.names[i] for i in self.outputs))
 
   def svd(self, weight, xp=np):
-    """(u, s, vh) of every copy, in float32: numpy here, jnp under a trace."""
+    """(u, s, vh) of every copy, in float32 numpy."""
     w_CIO = xp.asarray(weight, xp.float32).reshape(self.n_copies, self.d_in, self.d_out)
     return xp.linalg.svd(w_CIO, full_matrices=False)
 
@@ -267,9 +267,11 @@ def materialize(factored: Any, factored_specs: Any) -> Any:
 @dataclasses.dataclass(frozen=True, eq=False)
 class FactoredModel:
   """A model trained in factored form (recovery fine-tuning): the parameters are U and V, the
-  model code sees dense kernels. ``init`` factors the model's own (boxed) initialization at
-  ``ranks`` ((path, r) pairs, e.g. from ``ranks_of``), so U and V carry logical axes and shard
-  by the rules; ``apply`` materializes them first, so gradients reach U and V, never a dense W.
+  model code sees dense kernels. ``init`` replaces each factored kernel of the model's own
+  (boxed) initialization by random U and V at ``ranks`` ((path, r) pairs, e.g. from
+  ``ranks_of``), boxed with the factors' logical axes so they shard by the rules (recovery then
+  loads factorize's factors over them); ``apply`` materializes them first, so gradients reach U
+  and V, never a dense W.
   A ``Task.wrap_model`` result: the task only calls ``init`` and ``apply``."""
   model: Any  # the dense Linen model
   factored_specs: Any  # factorize's second result
@@ -278,11 +280,17 @@ class FactoredModel:
   def init(self, rngs, *args, **kwargs):
     variables = dict(self.model.init(rngs, *args, **kwargs))
     flat = _flat(variables["params"])
-    for name, r in self.ranks:
+    key = rngs["params"] if isinstance(rngs, Mapping) else rngs
+    for k, (name, r) in enumerate(self.ranks):
       path = tuple(name.split("/"))
       box = flat.pop(path)
       m = _Matrix(tuple(box.names), tuple(box.value.shape), *param_roles.matrix_axes(box.names))
-      u, v = m.factors(*m.svd(box.value, jnp), r)
+      # Random factors with the variance of a dense init (no SVD inside the jitted init: on
+      # sharded CPU devices it can stall); recovery loads factorize's factors over them.
+      u_shape, v_shape = m.factor_shapes(r)
+      u_key, v_key = jax.random.split(jax.random.fold_in(key, k))
+      u = jax.random.normal(u_key, u_shape, jnp.float32) / np.sqrt(m.d_in)
+      v = jax.random.normal(v_key, v_shape, jnp.float32) / np.sqrt(r)
       u_names, v_names = m.factor_names()
       flat[path + ("U",)] = box.replace(value=u.astype(box.value.dtype), names=u_names)
       flat[path + ("V",)] = box.replace(value=v.astype(box.value.dtype), names=v_names)
