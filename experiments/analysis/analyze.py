@@ -3,6 +3,9 @@
   isoflop analyze --workdir=runs/sweep --out=runs/sweep/analysis
   isoflop analyze --csv=points.csv --out=runs/fit [--drop_highest_loss=5] [--bootstrap=200]
   isoflop analyze --workdir=runs/sweep --out=DIR --approach1_points=final
+  isoflop analyze --law=sparsity --csv=S_N_D_loss.csv --out=DIR [--predict=0.75,603.98,5]
+
+--law=sparsity fits Frantar et al. (2023)'s L(S, N, D) instead (`sparsity_law`).
 
 Every fitted value in fit.json is {"value": x, "ci95": [lo, hi], "identified": bool}: a
 percentile bootstrap interval (null without enough replicates) and whether it pins the value
@@ -30,6 +33,7 @@ from isoflop.experiments.analysis import approach3
 from isoflop.experiments.analysis import figures
 from isoflop.experiments.analysis import inputs
 from isoflop.experiments.analysis import powerlaw
+from isoflop.experiments.analysis import sparsity_law
 from isoflop.train import workdir as workdir_lib
 
 PROG = "isoflop analyze"
@@ -40,6 +44,10 @@ CHINCHILLA_BUDGET = 5.76e23  # FLOPs, Chinchilla's training compute (Hoffmann et
 DEFAULT_EXTRAPOLATION = 10.0
 MAX_WARNING_MESSAGES = 5  # distinct messages kept per phase in fit.json
 APPROACHES = {"approach1": approach1.fit, "approach2": approach2.fit, "approach3": approach3.fit}
+LAWS = ("chinchilla", "sparsity")
+# Flags of one law only, refused with the other rather than silently ignored.
+SPARSITY_FLAGS = ("predict", "huber_delta", "residual", "starts")
+CHINCHILLA_FLAGS = ("flop_convention", "extrapolate_to", "drop_highest_loss", "approach1_points")
 CONTRAST = {"kaplan": ("kaplan", "kaplan"), "chinchilla": ("chinchilla", "chinchilla")}
 CONTRAST_TITLES = {"kaplan": "Kaplan: N without embeddings, C = C_kaplan",
                    "chinchilla": "Chinchilla: N with embeddings, C = C_chinchilla"}
@@ -320,12 +328,16 @@ def _flags():
   from absl import flags
   flag_values = flags.FlagValues()
   define = dict(flag_values=flag_values)
+  flags.DEFINE_enum("law", "chinchilla", LAWS, "chinchilla: the three approaches to "
+                    "L(N, D); sparsity: Frantar et al. (2023)'s L(S, N, D) on columns S, N, D, "
+                    "loss (or a sweep's sparsity, N_nonzero_<n_convention>, D)", **define)
   flags.DEFINE_string("workdir", None, "sweep directory holding runs.csv", **define)
   flags.DEFINE_string("csv", None, "CSV of points: N, loss, and D (tokens) or C (FLOPs); the "
                       "other from C = 6 N D", **define)
   flags.DEFINE_string("out", None, "directory for fit.json and the figures", **define)
   flags.DEFINE_enum("n_convention", "chinchilla", inputs.N_CONVENTIONS,
-                    "parameter count: N_<convention> of runs.csv (with --csv, a label)",
+                    "parameter count: N_<convention> of runs.csv (with --csv, a label); "
+                    "--law=sparsity reads N_nonzero_<convention>, kaplan unless given",
                     **define)
   flags.DEFINE_enum("flop_convention", "chinchilla", inputs.FLOP_CONVENTIONS,
                     "training FLOPs: C_<convention> of runs.csv (with --csv, a label)",
@@ -343,7 +355,30 @@ def _flags():
                     "Approach 1's envelope: every point of the training curves, or only the "
                     "runs' final points (decayed under any schedule; needs sizes trained to "
                     "several lengths)", **define)
+  flags.DEFINE_multi_string("predict", None, "--law=sparsity: report the fitted loss at S,N,D "
+                            "(repeatable; the data's units), e.g. --predict=0.75,603.98,5",
+                            **define)
+  flags.DEFINE_float("huber_delta", None, "--law=sparsity: the Huber loss's delta (default "
+                     f"{sparsity_law.DEFAULT_HUBER_DELTA:g})", **define)
+  flags.DEFINE_enum("residual", "log", sparsity_law.RESIDUALS, "--law=sparsity: residual "
+                    "log(pred) - log(loss), or pred - loss", **define)
+  flags.DEFINE_integer("starts", 25, "--law=sparsity: random starts of the fit, the best "
+                       "kept", lower_bound=1, **define)
   return flags, flag_values
+
+
+def _run_sparsity(flag_values) -> tuple[dict, list[str]]:
+  """--law=sparsity: refuses the other law's flags, then `sparsity_law.run`."""
+  given = [f"--{name}" for name in CHINCHILLA_FLAGS if flag_values[name].present]
+  if given:
+    raise inputs.AnalysisInputError(f"{', '.join(given)} apply only to --law=chinchilla")
+  points = [sparsity_law.parse_point(text) for text in flag_values.predict or ()]
+  n_convention = flag_values.n_convention if flag_values["n_convention"].present else "kaplan"
+  return sparsity_law.run(
+      flag_values.csv, flag_values.out, points, huber_delta=flag_values.huber_delta,
+      residual=flag_values.residual, starts=flag_values.starts,
+      bootstrap=flag_values.bootstrap, seed=flag_values.seed, workdir=flag_values.workdir,
+      n_convention=n_convention)
 
 
 def main(argv: Sequence[str]) -> int:
@@ -361,6 +396,14 @@ def main(argv: Sequence[str]) -> int:
     if not flag_values.out:
       raise inputs.AnalysisInputError("missing --out; pass the directory for fit.json and "
                                       "the figures, e.g. --out=runs/fit")
+    if flag_values.law == "sparsity":
+      fit, paths = _run_sparsity(flag_values)
+      for line in sparsity_law.summary(fit) + [f"wrote {path}" for path in paths]:
+        print(line)
+      return 0
+    given = [f"--{name}" for name in SPARSITY_FLAGS if flag_values[name].present]
+    if given:
+      raise inputs.AnalysisInputError(f"{', '.join(given)} apply only to --law=sparsity")
     analysis = run_analysis(
         out=flag_values.out, csv=flag_values.csv, workdir=flag_values.workdir,
         n_convention=flag_values.n_convention, flop_convention=flag_values.flop_convention,
