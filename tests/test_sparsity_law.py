@@ -26,7 +26,7 @@ def test_recovers_known_coefficients():
   rng = np.random.default_rng(0)
   s, n, d = _grid(rng, 120)
   loss = sparsity_law.predict(T5_PUBLISHED, s, n, d) * np.exp(1e-4 * rng.standard_normal(120))
-  result = sparsity_law.fit(s, n, d, loss, starts=5, bootstrap=20)
+  result = sparsity_law.fit(s, n, d, loss, starts=5, bootstrap=10)
   # 1e-4 log-noise on 120 points over three decades of N leaves each coefficient to ~0.2%.
   for key, truth in T5_PUBLISHED.items():
     assert result.coefficients[key] == pytest.approx(truth, rel=0.01), key
@@ -88,7 +88,7 @@ def test_sparsity_flags_are_refused_with_the_chinchilla_law(tmp_path, capsys):
   status = cli.main(["isoflop", "analyze", f"--csv={T5}", f"--out={tmp_path / 'fit'}",
                      "--predict=0.5,1,1"])
   assert status == 2
-  assert "--predict apply only to --law=sparsity" in capsys.readouterr().err
+  assert "--predict applies only to --law=sparsity" in capsys.readouterr().err
 
 
 def test_reads_a_sweep_runs_csv(tmp_path):

@@ -356,7 +356,7 @@ def _flags():
                     "runs' final points (decayed under any schedule; needs sizes trained to "
                     "several lengths)", **define)
   flags.DEFINE_multi_string("predict", None, "--law=sparsity: report the fitted loss at S,N,D "
-                            "(repeatable; the data's units), e.g. --predict=0.75,603.98,5",
+                            "(the data's units), e.g. --predict=0.75,603.98,5",
                             **define)
   flags.DEFINE_float("huber_delta", None, "--law=sparsity: the Huber loss's delta (default "
                      f"{sparsity_law.DEFAULT_HUBER_DELTA:g})", **define)
@@ -367,11 +367,15 @@ def _flags():
   return flags, flag_values
 
 
+def _only(given: Sequence[str], law: str) -> str:
+  return f"{', '.join(given)} appl{'y' if len(given) > 1 else 'ies'} only to --law={law}"
+
+
 def _run_sparsity(flag_values) -> tuple[dict, list[str]]:
   """--law=sparsity: refuses the other law's flags, then `sparsity_law.run`."""
   given = [f"--{name}" for name in CHINCHILLA_FLAGS if flag_values[name].present]
   if given:
-    raise inputs.AnalysisInputError(f"{', '.join(given)} apply only to --law=chinchilla")
+    raise inputs.AnalysisInputError(_only(given, "chinchilla"))
   points = [sparsity_law.parse_point(text) for text in flag_values.predict or ()]
   n_convention = flag_values.n_convention if flag_values["n_convention"].present else "kaplan"
   return sparsity_law.run(
@@ -403,7 +407,7 @@ def main(argv: Sequence[str]) -> int:
       return 0
     given = [f"--{name}" for name in SPARSITY_FLAGS if flag_values[name].present]
     if given:
-      raise inputs.AnalysisInputError(f"{', '.join(given)} apply only to --law=sparsity")
+      raise inputs.AnalysisInputError(_only(given, "sparsity"))
     analysis = run_analysis(
         out=flag_values.out, csv=flag_values.csv, workdir=flag_values.workdir,
         n_convention=flag_values.n_convention, flop_convention=flag_values.flop_convention,

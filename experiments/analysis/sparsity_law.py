@@ -1,11 +1,13 @@
-"""Frantar et al. (2023)'s sparsity scaling law, fitted as they did; `isoflop analyze --law=sparsity`.
+"""Frantar et al. (2023)'s sparsity scaling law, fitted their way (`isoflop analyze --law=sparsity`).
 
   L(S, N, D) = (a (1 - S)^b + c) N^(-d) + e D^(-f) + g
 
 S is the sparsity, N the non-zero parameters, D the data, both in the input's units (the
 authors fit in millions of parameters and 1e5 steps or 1e9 examples; the coefficients a, c, e
 depend on them). The fit minimizes the mean Huber loss of the residuals from random starts and
-keeps the best; the objective is multimodal, so the spread of the starts' objectives is kept.
+keeps the best. The authors found that objective multimodal; fit.json keeps every start's
+objective to show whether it is. The loss is scaled by 1/delta^2 while minimizing: unscaled
+(about 1e-5), a default gradient tolerance stops the optimizer long before the minimum.
 """
 
 import dataclasses
@@ -16,12 +18,13 @@ import tempfile
 import time
 from typing import Sequence
 
+import matplotlib
+from matplotlib.figure import Figure
 import numpy as np
 import pandas as pd
 import scipy.optimize
 import scipy.special
-import matplotlib
-from matplotlib.figure import Figure
+import threadpoolctl  # a dependency of scikit-learn, hence of isoflop
 
 from isoflop.experiments.analysis import inputs
 from isoflop.train import workdir as workdir_lib
@@ -58,8 +61,6 @@ class Fit:
   objective: float  # mean Huber loss at the best fit
   start_objectives: list  # each start's, sorted
   replicates: np.ndarray  # (bootstrap, 7) refitted coefficients in NAMES order
-  huber_delta: float
-  residual: str
 
 
 def predict(coeffs, S, N, D) -> np.ndarray:
@@ -67,6 +68,11 @@ def predict(coeffs, S, N, D) -> np.ndarray:
   a, b, c, d, e, f, g = (coeffs[k] for k in NAMES) if isinstance(coeffs, dict) else coeffs
   S, N, D = (np.asarray(v, dtype=float) for v in (S, N, D))
   return (a * (1.0 - S) ** b + c) * N ** -d + e * D ** -f + g
+
+
+def predict_loss(coeffs, s, n, d) -> float:
+  """The law at one point (S, N, D)."""
+  return float(predict(coeffs, s, n, d))
 
 
 def _residual(pred, loss, residual: str):
@@ -115,6 +121,7 @@ class _Problem:
   def __init__(self, S, N, D, loss, delta, residual, scale=None):
     self.n0, self.d0 = scale or (float(np.exp(np.log(N).mean())),
                                  float(np.exp(np.log(D).mean())))
+    self.delta = delta
     self.args = (np.log1p(-S), np.log(N / self.n0), np.log(D / self.d0), loss, delta,
                  residual)
 
@@ -126,7 +133,7 @@ class _Problem:
           method="L-BFGS-B", bounds=BOUNDS,
           options={"maxiter": 5000, "ftol": 1e-10, "gtol": 1e-8})
       if np.isfinite(result.fun):
-        values.append(float(result.fun) * self.args[4] ** 2)
+        values.append(float(result.fun) * self.delta ** 2)
         if best is None or result.fun < best.fun:
           best = result
     if best is None:
@@ -149,6 +156,12 @@ def fit(S, N, D, loss, *, huber_delta: float = DEFAULT_HUBER_DELTA, residual: st
     raise inputs.AnalysisInputError("--huber_delta must be positive, --starts >= 1 and "
                                     "--bootstrap >= 0")
   S, N, D, loss = (np.asarray(v, dtype=float) for v in (S, N, D, loss))
+  # OpenBLAS threads on these tiny problems spin against each other: 10x slower on a busy host.
+  with threadpoolctl.threadpool_limits(1, user_api="blas"):
+    return _fit(S, N, D, loss, huber_delta, residual, starts, seed, bootstrap)
+
+
+def _fit(S, N, D, loss, huber_delta, residual, starts, seed, bootstrap) -> Fit:
   rng = np.random.default_rng(seed)
   problem = _Problem(S, N, D, loss, huber_delta, residual)
   theta, values = problem.minimize([_random_start(rng, loss) for _ in range(starts)])
@@ -165,7 +178,7 @@ def fit(S, N, D, loss, *, huber_delta: float = DEFAULT_HUBER_DELTA, residual: st
   ci95 = {k: (tuple(np.percentile(replicates[:, i], [2.5, 97.5]).tolist())
               if len(replicates) >= 2 else None) for i, k in enumerate(NAMES)}
   return Fit(coefficients, ci95, objective(coefficients, S, N, D, loss, huber_delta, residual),
-             sorted(values), replicates, huber_delta, residual)
+             sorted(values), replicates)
 
 
 def _checked(S, N, D, loss, labels: Sequence[str], source: str, units: str) -> Data:
@@ -274,7 +287,7 @@ def _figures(result: Fit, data: Data, out: str) -> list[str]:
         ax.scatter(data.N[here], data.loss[here], s=18, color=color[s], label=f"S = {s:g}")
         grid = np.geomspace(data.N[here].min() / 1.5, data.N[here].max() * 1.5, 50)
         ax.plot(grid, predict(result.coefficients, s, grid, d), color=color[s], lw=1)
-    ax.set(xscale="log", xlabel="non-zero parameters N", title=f"D = {d:g}")
+    ax.set(xscale="log", xlabel="non-zero parameters N (the data's units)", title=f"D = {d:g}")
   axes[0].set_ylabel("loss")
   axes[0].legend(fontsize=8)
   paths.append(os.path.join(out, "sparsity_law_loss_vs_N.png"))
@@ -321,7 +334,7 @@ def run(csv: str | None, out: str, predict: Sequence[tuple] = (), *,
                starts=starts, seed=seed, bootstrap=bootstrap)
   predictions = []
   for s, n, d in predict:
-    entry = {"S": s, "N": n, "D": d, "loss": float(predict_loss(result, s, n, d))}
+    entry = {"S": s, "N": n, "D": d, "loss": predict_loss(result.coefficients, s, n, d)}
     samples = [predict_loss(dict(zip(NAMES, r)), s, n, d) for r in result.replicates]
     entry["ci95"] = (np.percentile(samples, [2.5, 97.5]).tolist() if len(samples) >= 2
                      else None)
@@ -340,11 +353,6 @@ def run(csv: str | None, out: str, predict: Sequence[tuple] = (), *,
   fit_path = os.path.join(out, "fit.json")
   _write_json(fit_path, fit_json)
   return fit_json, paths + [fit_path]
-
-
-def predict_loss(coeffs, s, n, d) -> float:
-  """The law at one point; coeffs a Fit or a mapping of NAMES."""
-  return float(predict(coeffs.coefficients if isinstance(coeffs, Fit) else coeffs, s, n, d))
 
 
 def summary(fit_json: dict) -> list[str]:
