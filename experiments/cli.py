@@ -51,6 +51,18 @@ SUBCOMMAND_HELP = {
                 "[--x=N_kaplan] --out=<dir>",
                 ["isoflop compare --workdirs=runs/kaplan_fig7_decoder,runs/kaplan_fig7_lstm "
                  "--labels=Transformer,LSTM --x=N_kaplan --out=runs/fig7"]),
+    "sample": ("generate text from a trained run (decoder, MoE, LSTM, encoder-decoder)",
+               "isoflop sample --workdir=<run> (--prompt=<text> | --prompt_tokens=1,2,3) "
+               "[--max_new_tokens=N --temperature=T --top_k=K --top_p=P --seed=S "
+               "--num_samples=M --step=S --json]",
+               ["isoflop sample --workdir=runs/x --prompt='ROMEO:' --max_new_tokens=64 "
+                "--temperature=0.8 --top_k=40",
+                "isoflop sample --workdir=runs/x --prompt_tokens=1,2,3 --temperature=0 --json"]),
+    "convert": ("Hugging Face checkpoints (GPT-2, Llama, BERT, T5) into runs, and runs back",
+                "isoflop convert (--from_hf=<dir> --workdir=<new run> | --workdir=<run> "
+                "--to_hf=<dir> [--step=S])",
+                ["isoflop convert --from_hf=checkpoints/gpt2 --workdir=runs/gpt2",
+                 "isoflop convert --workdir=runs/gpt2_ft --to_hf=exports/gpt2_ft"]),
 }
 HELP_ARGS = ("-h", "--help", "--helpshort", "--helpfull")
 EXIT_STATUS_HELP = """\
@@ -354,6 +366,16 @@ def compress_command(argv: Sequence[str]) -> int:
   return compress.main(list(argv))
 
 
+def convert_command(argv: Sequence[str]) -> int:
+  from isoflop.experiments import convert
+  return convert.main(list(argv))
+
+
+def sample_command(argv: Sequence[str]) -> int:
+  from isoflop.experiments import sample
+  return sample.main(list(argv))
+
+
 def coordcheck_command(argv: Sequence[str]) -> int:
   from isoflop.experiments import coordcheck
   return coordcheck.main(list(argv))
@@ -362,7 +384,8 @@ def coordcheck_command(argv: Sequence[str]) -> int:
 SUBCOMMANDS = {"train": train_command, "sweep": sweep_command, "analyze": analyze_command,
                "bench": bench_command, "coordcheck": coordcheck_command,
                "transfer": transfer_command, "compare": compare_command,
-               "compress": compress_command}
+               "compress": compress_command, "sample": sample_command,
+               "convert": convert_command}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

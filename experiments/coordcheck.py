@@ -89,8 +89,7 @@ def measure_width(config, devices=None) -> dict[str, np.ndarray]:
     acts = jax.vmap(forward, in_axes=(0, None))(params, inputs)
     mean_abs = lambda x: jnp.mean(jnp.abs(x).reshape(x.shape[0], -1), axis=1)  # noqa: E731
     size = {k: mean_abs(v) for k, v in acts.items()}
-    change = ({k: mean_abs(v - reference[k]) for k, v in acts.items()}
-              if reference is not None else {k: jnp.zeros_like(v) for k, v in size.items()})
+    change = {k: mean_abs(v - reference[k]) for k, v in acts.items()}
     return size, change, acts
 
   with jax.set_mesh(prepared.mesh), nn.logical_axis_rules(prepared.rules):
@@ -106,13 +105,16 @@ def measure_width(config, devices=None) -> dict[str, np.ndarray]:
     fixed = {k: jax.device_put(v, prepared.batch_shardings[k])
              for k, v in prepared.source.batch(np.arange(config.batch_size)).items()}
     probe = fixed["inputs"]
-    first = jax.jit(lambda p, x: stats(p, x, None))
-    later = jax.jit(lambda p, x, reference: stats(p, x, reference)[:2])
-    size, change, reference = first(seed_axis(state.params), probe)
-    sizes, changes = [size], [change]
+    # One compiled measurement for every step: at initialization it runs against zeros (its
+    # activations become the reference) and the change is 0 by definition.
+    measure = jax.jit(stats)
+    zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), jax.eval_shape(
+        jax.vmap(forward, in_axes=(0, None)), seed_axis(state.params), probe))
+    size, _, reference = measure(seed_axis(state.params), probe, zeros)
+    sizes, changes = [size], [jax.tree.map(jnp.zeros_like, size)]
     for _ in range(config.steps):
       state, _ = prepared.compiled_step(state, fixed)
-      size, change = later(seed_axis(state.params), probe, reference)
+      size, change, _ = measure(seed_axis(state.params), probe, reference)
       sizes.append(size)
       changes.append(change)
     if int(jnp.max(state.first_nonfinite_step)) >= 0:

@@ -4,6 +4,12 @@ relative positions) and a key mask (padding).
 
 The score computation goes through ``jax.nn.dot_product_attention`` so the implementation is a
 config choice: ``xla`` (any backend) or ``cudnn`` (fused flash attention on NVIDIA GPUs).
+
+Decoding (``cache_len > 0``, ``models/generation.py``): self-attention keeps its keys, values and
+segment ids in the ``cache`` collection, ``cache_len`` slots per sequence, and each call writes
+its L new positions at the next free slots and attends over every slot written so far;
+cross-attention projects the source's keys and values at the first call and reads them from the
+cache after.
 """
 
 from typing import Callable
@@ -35,6 +41,7 @@ class Attention(nn.Module):
   dtype: jnp.dtype
   param_dtype: jnp.dtype
   causal: bool = True
+  cache_len: int = 0  # > 0: decode with a key/value cache of this many slots (self-attention)
 
   def _param(self, name, init, shape, names):
     return self.param(name, nn.with_logical_partitioning(init, names), shape,
@@ -52,6 +59,39 @@ class Attention(nn.Module):
                                     (n_heads, self.d_head), ("heads", "kv"))
     return y_BLNK
 
+  def _extend_cache(self, k_BLGK, v_BLGK, segment_ids_BL):
+    """Writes this call's keys, values and segment ids at the cache's next L slots; returns the
+    whole cache and mask_B1LS: each query sees the written slots up to its own that share its
+    segment (left padding is segment 0, hidden from the prompt)."""
+    B, L, G, K = k_BLGK.shape
+    S = self.cache_len
+    key = self.variable("cache", "key", jnp.zeros, (B, S, G, K), k_BLGK.dtype)
+    value = self.variable("cache", "value", jnp.zeros, (B, S, G, K), v_BLGK.dtype)
+    segments = self.variable("cache", "segment_ids", jnp.zeros, (B, S), jnp.int32)
+    index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+    if segment_ids_BL is None:
+      segment_ids_BL = jnp.ones((B, L), jnp.int32)
+    start = index.value
+    key.value = jax.lax.dynamic_update_slice(key.value, k_BLGK, (0, start, 0, 0))
+    value.value = jax.lax.dynamic_update_slice(value.value, v_BLGK, (0, start, 0, 0))
+    segments.value = jax.lax.dynamic_update_slice(
+        segments.value, segment_ids_BL.astype(jnp.int32), (0, start))
+    index.value = start + L
+    seen_LS = start + jnp.arange(L)[:, None] >= jnp.arange(S)[None, :]
+    same_BLS = segment_ids_BL.astype(jnp.int32)[:, :, None] == segments.value[:, None, :]
+    return key.value, value.value, (seen_LS[None] & same_BLS)[:, None]
+
+  def _source_projected_once(self, kv_BSD):
+    """Cross-attention while decoding: the source's keys and values, projected at the first
+    call (the prefill, whose cache starts empty) and read from the cache at every step."""
+    if self.has_variable("cache", "source_key"):
+      return self.get_variable("cache", "source_key"), self.get_variable("cache", "source_value")
+    k_BSGK = self._project(kv_BSD, self.n_kv_heads, "key")
+    v_BSGK = self._project(kv_BSD, self.n_kv_heads, "value")
+    self.put_variable("cache", "source_key", k_BSGK)
+    self.put_variable("cache", "source_value", v_BSGK)
+    return k_BSGK, v_BSGK
+
   def _sow_logits(self, q_BLHK, k_BLGK):
     """The scaled q.k scores, for the coordinate check (the fused kernel never shows them)."""
     k_BLHK = jnp.repeat(k_BLGK, self.n_heads // self.n_kv_heads, axis=2)
@@ -68,8 +108,11 @@ class Attention(nn.Module):
     (broadcast over missing leading sizes of 1); ``key_mask_BS`` (True: attend) hides padding."""
     source_BSD = x_BLD if kv_BSD is None else kv_BSD
     q_BLHK = self._project(x_BLD, self.n_heads, "query")
-    k_BLGK = self._project(source_BSD, self.n_kv_heads, "key")
-    v_BLGK = self._project(source_BSD, self.n_kv_heads, "value")
+    if self.cache_len and kv_BSD is not None:
+      k_BLGK, v_BLGK = self._source_projected_once(kv_BSD)
+    else:
+      k_BLGK = self._project(source_BSD, self.n_kv_heads, "key")
+      v_BLGK = self._project(source_BSD, self.n_kv_heads, "value")
     if self.use_rope and kv_BSD is None:
       q_BLHK = apply_rope(q_BLHK, positions_BL, self.rope_theta)
       k_BLGK = apply_rope(k_BLGK, positions_BL, self.rope_theta)
@@ -78,7 +121,11 @@ class Attention(nn.Module):
     k_BLGK = logical.constrain(k_BLGK, names)
     v_BLGK = logical.constrain(v_BLGK, names)
     mask_B1LS = None
-    if segment_ids_BL is not None and kv_BSD is None:  # packed documents: only one's own
+    causal = self.causal and kv_BSD is None
+    if self.cache_len and kv_BSD is None:  # decoding: attend over the cache (its own mask)
+      k_BLGK, v_BLGK, mask_B1LS = self._extend_cache(k_BLGK, v_BLGK, segment_ids_BL)
+      causal = False
+    elif segment_ids_BL is not None and kv_BSD is None:  # packed documents: only one's own
       mask_B1LS = (segment_ids_BL[:, :, None] == segment_ids_BL[:, None, :])[:, None]
     if key_mask_BS is not None:
       keys_B11S = key_mask_BS.astype(bool)[:, None, None, :]
@@ -90,7 +137,7 @@ class Attention(nn.Module):
                                                           + bias_BHLS.shape)
     out_BLHK = jax.nn.dot_product_attention(
         q_BLHK, k_BLGK, v_BLGK, bias=bias_BHLS, mask=mask_B1LS,
-        is_causal=self.causal and kv_BSD is None, scale=self.scale,
+        is_causal=causal, scale=self.scale,
         implementation=self.implementation)
     out_BLHK = logical.constrain(out_BLHK, names)
     d_model = x_BLD.shape[-1]

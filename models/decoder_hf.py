@@ -6,7 +6,9 @@ NumPy arrays, e.g. ``{k: v.numpy() for k, v in model.state_dict().items()}``) on
 Decoder's parameter tree, as ``flax.linen.meta.unbox(Decoder(cfg).init(...)["params"])`` has
 it: layers stacked on axis 0 under ``layers`` because the decoder scans them. Nothing here
 imports torch, so a conversion needs only the arrays; ``tests/test_hf_parity.py`` checks the
-logits against transformers' own on golden files.
+logits against transformers' own on golden files. The way back, ``config_to_hf`` and
+``params_to_hf`` (used by ``isoflop convert --to_hf``), writes a decoder that either
+architecture expresses and refuses the rest (experts, muP, a layout of neither).
 
 Conventions bridged here:
 - GPT-2's Conv1D stores a weight as (in, out), like a Flax kernel; torch's Linear (Llama)
@@ -289,3 +291,138 @@ def params_from_hf(weights: dict[str, np.ndarray], cfg: transformer.TransformerC
     params = _llama_params(sd, cfg)
   sd.check_all_taken()
   return params
+
+
+# The way back: a decoder config and parameters as a transformers config dict and state dict.
+_GPT2_NAMES = {"gelu": "gelu_new", "gelu_exact": "gelu", "relu": "relu", "silu": "silu",
+               "tanh": "tanh", "sigmoid": "sigmoid"}
+_LLAMA_NAMES = {"swiglu": "silu", "geglu": "gelu_pytorch_tanh", "reglu": "relu",
+                "tanhglu": "tanh", "glu": "sigmoid"}
+
+
+def hf_layout(cfg: transformer.TransformerConfig) -> str:
+  """"gpt2" or "llama": which transformers model expresses ``cfg``; a one-line ValueError
+  naming the option neither has."""
+  if cfg.num_experts:
+    raise ValueError(f"model.num_experts={cfg.num_experts} (a mixture of experts) has no "
+                     "counterpart in GPT-2 or Llama")
+  if cfg.parametrization != "sp":
+    raise ValueError(f"model.parametrization={cfg.parametrization!r} rescales attention and "
+                     "logits in a way GPT-2 and Llama configs cannot state")
+  if cfg.positions == "learned" and cfg.norm == "layernorm" and cfg.use_bias and (
+      cfg.activation in _GPT2_NAMES):
+    if cfg.kv_heads != cfg.n_heads or cfg.head_dim * cfg.n_heads != cfg.d_model:
+      raise ValueError(f"GPT-2 has neither grouped-query attention (model.n_kv_heads="
+                       f"{cfg.n_kv_heads}) nor a head size other than d_model / n_heads "
+                       f"(model.d_head={cfg.d_head})")
+    return "gpt2"
+  if cfg.positions == "rope" and cfg.norm == "rmsnorm" and cfg.activation in _LLAMA_NAMES:
+    return "llama"
+  raise ValueError(f"a decoder with positions={cfg.positions!r}, norm={cfg.norm!r}, "
+                   f"activation={cfg.activation!r}, use_bias={cfg.use_bias} is neither GPT-2 "
+                   "(learned positions, LayerNorm with biases, a plain MLP) nor Llama (RoPE, "
+                   "RMSNorm, a gated MLP)")
+
+
+def config_to_hf(cfg: transformer.TransformerConfig) -> dict[str, Any]:
+  """The ``GPT2Config`` or ``LlamaConfig`` fields of ``cfg`` (``config_from_hf`` reads them back
+  to the same shapes); special token ids are the caller's. Dropout becomes GPT-2's residual and
+  embedding dropout; Llama has none."""
+  if hf_layout(cfg) == "gpt2":
+    return {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"],
+            "vocab_size": cfg.vocab_size, "n_embd": cfg.d_model, "n_layer": cfg.n_layers,
+            "n_head": cfg.n_heads, "n_inner": cfg.d_ff, "n_positions": cfg.max_len,
+            "activation_function": _GPT2_NAMES[cfg.activation],
+            "layer_norm_epsilon": cfg.norm_eps, "resid_pdrop": cfg.dropout,
+            "embd_pdrop": cfg.dropout, "attn_pdrop": 0.0, "scale_attn_weights": True,
+            "scale_attn_by_inverse_layer_idx": False, "reorder_and_upcast_attn": False,
+            "tie_word_embeddings": cfg.tie_embeddings, "initializer_range": cfg.init_std}
+  rope = {"rope_type": "default", "rope_theta": cfg.rope_theta}
+  return {"model_type": "llama", "architectures": ["LlamaForCausalLM"],
+          "vocab_size": cfg.vocab_size, "hidden_size": cfg.d_model,
+          "intermediate_size": cfg.ff_dim, "num_hidden_layers": cfg.n_layers,
+          "num_attention_heads": cfg.n_heads, "num_key_value_heads": cfg.kv_heads,
+          "head_dim": cfg.head_dim, "max_position_embeddings": cfg.max_len,
+          "hidden_act": _LLAMA_NAMES[cfg.activation], "rms_norm_eps": cfg.norm_eps,
+          # transformers 5 reads rope_parameters, 4.x the top-level rope_theta: both are written
+          "rope_parameters": rope, "rope_theta": cfg.rope_theta,
+          "attention_bias": cfg.use_bias, "mlp_bias": cfg.use_bias, "attention_dropout": 0.0,
+          "pretraining_tp": 1, "tie_word_embeddings": cfg.tie_embeddings,
+          "initializer_range": cfg.init_std}
+
+
+def _head_to_hf(params: dict, cfg) -> dict[str, np.ndarray]:
+  if cfg.tie_embeddings:
+    return {}  # transformers ties lm_head to the token table
+  return {"lm_head.weight": np.asarray(params["head"]["kernel"])[:, :cfg.vocab_size].T}
+
+
+def _gpt2_to_hf(params: dict, cfg) -> dict[str, np.ndarray]:
+  d, h, k = cfg.d_model, cfg.n_heads, cfg.head_dim
+  layers = params["layers"]
+  attention, mlp = layers["attention"], layers["mlp"]
+  out = {"transformer.wte.weight": params["embed"]["embedding"][:cfg.vocab_size],
+         "transformer.wpe.weight": params["position_embed"]["embedding"],
+         "transformer.ln_f.weight": params["final_norm"]["scale"],
+         "transformer.ln_f.bias": params["final_norm"]["bias"]}
+  for i in range(cfg.n_layers):
+    p = f"transformer.h.{i}."
+    qkv_DC = np.concatenate([attention[f"{n}_kernel"][i].reshape(d, h * k)
+                             for n in ("query", "key", "value")], axis=1)  # Conv1D: (in, out)
+    qkv_C = np.concatenate([attention[f"{n}_bias"][i].reshape(h * k)
+                            for n in ("query", "key", "value")])
+    out.update({
+        p + "ln_1.weight": layers["attention_norm"]["scale"][i],
+        p + "ln_1.bias": layers["attention_norm"]["bias"][i],
+        p + "attn.c_attn.weight": qkv_DC, p + "attn.c_attn.bias": qkv_C,
+        p + "attn.c_proj.weight": attention["out_kernel"][i].reshape(h * k, d),
+        p + "attn.c_proj.bias": attention["out_bias"][i],
+        p + "ln_2.weight": layers["mlp_norm"]["scale"][i],
+        p + "ln_2.bias": layers["mlp_norm"]["bias"][i],
+        p + "mlp.c_fc.weight": mlp["wi"]["kernel"][i], p + "mlp.c_fc.bias": mlp["wi"]["bias"][i],
+        p + "mlp.c_proj.weight": mlp["wo"]["kernel"][i],
+        p + "mlp.c_proj.bias": mlp["wo"]["bias"][i]})
+  return {**out, **_head_to_hf(params, cfg)}
+
+
+def _llama_to_hf(params: dict, cfg) -> dict[str, np.ndarray]:
+  d, h, g, k = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.head_dim
+  layers = params["layers"]
+  attention, mlp = layers["attention"], layers["mlp"]
+  out = {"model.embed_tokens.weight": params["embed"]["embedding"][:cfg.vocab_size],
+         "model.norm.weight": params["final_norm"]["scale"]}
+  projections = (("q_proj", "query", h), ("k_proj", "key", g), ("v_proj", "value", g))
+  for i in range(cfg.n_layers):
+    p = f"model.layers.{i}."
+    for theirs, ours, heads in projections:  # kernel (D, heads, K) -> torch Linear (out, in)
+      out[p + f"self_attn.{theirs}.weight"] = attention[f"{ours}_kernel"][i].reshape(
+          d, heads * k).T
+      if cfg.use_bias:
+        out[p + f"self_attn.{theirs}.bias"] = attention[f"{ours}_bias"][i].reshape(heads * k)
+    out[p + "self_attn.o_proj.weight"] = attention["out_kernel"][i].reshape(h * k, d).T
+    for theirs, ours in (("gate_proj", "wi_gate"), ("up_proj", "wi_up"), ("down_proj", "wo")):
+      out[p + f"mlp.{theirs}.weight"] = mlp[ours]["kernel"][i].T
+      if cfg.use_bias:
+        out[p + f"mlp.{theirs}.bias"] = mlp[ours]["bias"][i]
+    if cfg.use_bias:
+      out[p + "self_attn.o_proj.bias"] = attention["out_bias"][i]
+    out[p + "input_layernorm.weight"] = layers["attention_norm"]["scale"][i]
+    out[p + "post_attention_layernorm.weight"] = layers["mlp_norm"]["scale"][i]
+  return {**out, **_head_to_hf(params, cfg)}
+
+
+def params_to_hf(params: dict, cfg: transformer.TransformerConfig) -> dict[str, np.ndarray]:
+  """The ``GPT2LMHeadModel`` or ``LlamaForCausalLM`` state dict (names to NumPy arrays, in the
+  parameters' dtype) of the Decoder's unboxed params; ``params_from_hf`` maps it back to the
+  same arrays bit for bit. The padded vocabulary rows are dropped; a tied readout is left to
+  transformers to tie."""
+  params = _numpy(params)
+  if hf_layout(cfg) == "gpt2":
+    return _gpt2_to_hf(params, cfg)
+  return _llama_to_hf(params, cfg)
+
+
+def _numpy(tree):
+  if isinstance(tree, dict):
+    return {key: _numpy(value) for key, value in tree.items()}
+  return np.asarray(tree)

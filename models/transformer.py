@@ -17,6 +17,8 @@ Notebook use needs nothing else::
 
 Passing ``mutable=["intermediates"]`` to ``apply`` also returns the activations the coordinate
 check measures (embedding, each block's output, attention logits, logits).
+``Decoder(cfg, cache_len=S)`` decodes with a key/value cache of S slots in the ``cache``
+collection (scanned over layers like the parameters): ``models/generation.py``.
 """
 
 import dataclasses
@@ -153,6 +155,7 @@ class Block(nn.Module):
   config: TransformerConfig
   deterministic: bool
   routed: bool = False  # the MLP is a mixture of experts
+  cache_len: int = 0  # > 0: decoding, with a key/value cache of this many slots
 
   @nn.compact
   def __call__(self, x_BLD: jax.Array, positions_BL: jax.Array,
@@ -172,7 +175,7 @@ class Block(nn.Module):
         use_bias=cfg.use_bias, use_rope=cfg.positions == "rope", rope_theta=cfg.rope_theta,
         implementation=cfg.attention, scale=mup.attention_scale(cfg),
         kernel_init=_normal(hidden_std), out_kernel_init=out_init, dtype=dtype,
-        param_dtype=param_dtype,
+        param_dtype=param_dtype, cache_len=self.cache_len,
         name="attention")(norm("attention_norm")(x_BLD), positions_BL, segment_ids_BL)
     x_BLD = x_BLD + nn.Dropout(cfg.dropout, deterministic=self.deterministic)(h_BLD)
     if self.routed:
@@ -200,13 +203,14 @@ class BlockGroup(nn.Module):
 
   config: TransformerConfig
   deterministic: bool
+  cache_len: int = 0
 
   @nn.compact
   def __call__(self, x_BLD, positions_BL, segment_ids_BL):
     cfg = self.config
     for i in range(cfg.moe_every):
       routed = i == cfg.moe_every - 1
-      x_BLD, _ = Block(cfg, self.deterministic, routed=routed,
+      x_BLD, _ = Block(cfg, self.deterministic, routed=routed, cache_len=self.cache_len,
                        name="routed" if routed else f"dense_{i}")(x_BLD, positions_BL,
                                                                   segment_ids_BL)
     return x_BLD, None
@@ -216,6 +220,7 @@ class Decoder(nn.Module):
   """tokens_BL (int) -> logits_BLV (float32, V = padded_vocab; padded columns masked)."""
 
   config: TransformerConfig
+  cache_len: int = 0  # > 0: decoding (pass positions_BL; see models/generation.py)
 
   @nn.compact
   def __call__(self, tokens_BL: jax.Array, *, positions_BL: jax.Array | None = None,
@@ -250,12 +255,14 @@ class Decoder(nn.Module):
       block, length = BlockGroup, cfg.n_layers // cfg.moe_every
     if cfg.remat != "none":
       block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=False)
-    per_layer = {"params": 0, "intermediates": 0, families.AUX_LOSS: 0, families.AUX_METRICS: 0}
+    per_layer = {"params": 0, "intermediates": 0, families.AUX_LOSS: 0, families.AUX_METRICS: 0,
+                 "cache": 0}
     stack = nn.scan(
         block, variable_axes=per_layer, split_rngs={"params": True, "dropout": True},
         in_axes=(nn.broadcast, nn.broadcast), length=length,
         unroll=min(cfg.scan_unroll, length), metadata_params={nn.PARTITION_NAME: "layers"})
-    x_BLD, _ = stack(cfg, deterministic=not train, name="layers", **extra)(
+    x_BLD, _ = stack(cfg, deterministic=not train, cache_len=self.cache_len, name="layers",
+                     **extra)(
         x_BLD, positions_BL, segment_ids_BL)
 
     x_BLD = norms.make_norm(cfg.norm, eps=cfg.norm_eps, use_bias=cfg.use_bias, dtype=dtype,

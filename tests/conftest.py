@@ -35,3 +35,17 @@ def tiny_config():
   c.model.vocab_size = 64
   c.optimizer.warmup_steps = 2
   return c
+
+
+@pytest.fixture(scope="session")
+def trained_tiny_run(tmp_path_factory):
+  """(workdir, config) of the tiny decoder trained 8 steps, shared by the tests that read a
+  trained run (compress, low-rank)."""
+  from isoflop.experiments.configs import tiny
+  from isoflop.train import build, loop
+  c = tiny.get_config()
+  c.steps, c.batch_size, c.seq_len, c.log_every, c.optimizer.warmup_steps = 8, 8, 16, 4, 2
+  c.model.d_model = 32
+  workdir = tmp_path_factory.mktemp("trained")
+  loop.run(build.prepare(c), str(workdir), progress=False)
+  return workdir, c

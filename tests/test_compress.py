@@ -6,26 +6,15 @@ import json
 import pytest
 
 from isoflop.experiments import cli
-from isoflop.train import build, init_from, loop
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-  from isoflop.experiments.configs import tiny
-  c = tiny.get_config()
-  c.steps, c.batch_size, c.seq_len, c.log_every, c.optimizer.warmup_steps = 8, 8, 16, 4, 2
-  c.model.d_model = 32
-  workdir = tmp_path_factory.mktemp("trained")
-  loop.run(build.prepare(c), str(workdir), progress=False)
-  return workdir, c
+from isoflop.train import build, init_from
 
 
 def _compress(*args):
   return cli.main(["isoflop", "compress", *map(str, args)])
 
 
-def test_prune_reports_before_and_after_and_writes_a_loadable_run(trained, tmp_path):
-  workdir, c = trained
+def test_prune_reports_before_and_after_and_writes_a_loadable_run(trained_tiny_run, tmp_path):
+  workdir, c = trained_tiny_run
   out = tmp_path / "pruned"
   assert _compress(f"--workdir={workdir}", "--method=prune", f"--out={out}",
                    "--config.prune.sparsity=0.75") == 0
@@ -42,8 +31,8 @@ def test_prune_reports_before_and_after_and_writes_a_loadable_run(trained, tmp_p
   assert not plan.fresh and plan.step == 0
 
 
-def test_finetune_recovers_with_the_masks_held(trained, tmp_path):
-  workdir, _ = trained
+def test_finetune_recovers_with_the_masks_held(trained_tiny_run, tmp_path):
+  workdir, _ = trained_tiny_run
   out = tmp_path / "tuned"
   assert _compress(f"--workdir={workdir}", "--method=prune", f"--out={out}",
                    "--config.prune.method=nm", "--finetune_steps=6") == 0
@@ -53,11 +42,11 @@ def test_finetune_recovers_with_the_masks_held(trained, tmp_path):
   assert all(row["sparsity"] == 0.5 for row in rows if "sparsity" in row)
 
 
-def test_quantize_reports_bytes_and_writes_the_quantized_values(trained, tmp_path):
+def test_quantize_reports_bytes_and_writes_the_quantized_values(trained_tiny_run, tmp_path):
   """int8 then int4 weight-only PTQ: fewer bytes at fewer bits, a held-out loss measured on the
   quantized model, and a run holding at most 16 distinct values per output channel at int4."""
   import numpy as np
-  workdir, _ = trained
+  workdir, _ = trained_tiny_run
   reports = {}
   for bits in (8, 4):
     out = tmp_path / f"int{bits}"
@@ -78,8 +67,9 @@ def test_quantize_reports_bytes_and_writes_the_quantized_values(trained, tmp_pat
 
 @pytest.mark.parametrize("case", ["no_checkpoint", "out_not_empty", "bad_sparsity",
                                   "bad_bits"])
-def test_bad_compress_input_is_one_line_and_writes_nothing(trained, tmp_path, capsys, case):
-  workdir, _ = trained
+def test_bad_compress_input_is_one_line_and_writes_nothing(trained_tiny_run, tmp_path, capsys,
+                                                           case):
+  workdir, _ = trained_tiny_run
   out = tmp_path / "out"
   args = [f"--workdir={workdir}", "--method=prune", f"--out={out}"]
   if case == "no_checkpoint":

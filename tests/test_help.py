@@ -5,7 +5,7 @@ import pytest
 from isoflop.experiments import cli
 
 SUBCOMMANDS = ["train", "sweep", "analyze", "bench", "coordcheck", "transfer", "compress",
-               "compare"]
+               "compare", "sample", "convert"]
 
 
 @pytest.mark.parametrize("flag", ["--help", "-h"])

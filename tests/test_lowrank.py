@@ -16,7 +16,7 @@ from jax.sharding import PartitionSpec as P
 
 from isoflop.experiments import cli
 from isoflop.models import families
-from isoflop.train import build, init_from, loop
+from isoflop.train import build, init_from
 from isoflop.train import task as task_lib
 from isoflop.train.compression import lowrank
 
@@ -26,7 +26,7 @@ def _model(config_name):
   c.model.d_model, c.model.vocab_size = 32, 64
   model = families.family_of(c).make_model(families.model_config(c))
   tokens_BL = jax.random.randint(jax.random.key(1), (2, 8), 0, 64)
-  boxed = model.init(jax.random.key(0), tokens_BL)
+  boxed = jax.jit(model.init)(jax.random.key(0), tokens_BL)
   return model, tokens_BL, nn.meta.unbox(boxed)["params"], nn.get_partition_spec(boxed)["params"]
 
 
@@ -43,8 +43,9 @@ def test_full_rank_reproduces_the_dense_logits(config_name):
     assert ("rank" in tuple(spec)) == (path[-1] in ("U", "V"))
   dense = jax.jit(lambda f: lowrank.materialize(f, factored_specs))(factored)
   assert jax.tree.map(jnp.shape, dense) == jax.tree.map(jnp.shape, params)
-  logits = model.apply({"params": params}, tokens_BL)
-  rebuilt = model.apply({"params": dense}, tokens_BL)
+  apply = jax.jit(model.apply)
+  logits = apply({"params": params}, tokens_BL)
+  rebuilt = apply({"params": dense}, tokens_BL)
   np.testing.assert_allclose(rebuilt, logits, rtol=0, atol=1e-5 * float(jnp.max(jnp.abs(logits))))
 
 
@@ -121,22 +122,24 @@ def test_the_factored_form_trains_through_the_task():
   dense_task = task_lib.make_task(c)
   tokens_BL = jax.random.randint(jax.random.key(1), (4, 9), 0, 64)
   batch = {"inputs": tokens_BL[:, :-1], "targets": tokens_BL[:, 1:]}
-  boxed = dense_task.init_variables(jax.random.key(0), batch)
+  boxed = jax.jit(dense_task.init_variables)(jax.random.key(0), batch)
   factored, factored_specs, _ = lowrank.factorize(
       jax.device_get(nn.meta.unbox(boxed)["params"]), nn.get_partition_spec(boxed)["params"],
       lowrank.LowRankSettings(rank_fraction=0.25))
   task = dataclasses.replace(dense_task, wrap_model=lambda model: lowrank.FactoredModel(
       model, factored_specs, lowrank.ranks_of(factored)))
-  fresh = task.init_variables(jax.random.key(0), batch)
+  fresh = jax.eval_shape(task.init_variables, jax.random.key(0), batch)
   assert nn.get_partition_spec(fresh)["params"] == factored_specs
   assert jax.tree.map(jnp.shape, nn.meta.unbox(fresh)["params"]) == jax.tree.map(
       jnp.shape, factored)
 
+  @jax.jit
   def loss(params):
     return task.losses(params, {}, batch, jax.random.key(2), train=False)[0].objective
 
-  dense_loss = dense_task.losses(lowrank.materialize(factored, factored_specs), {}, batch,
-                                 jax.random.key(2), train=False)[0].objective
+  dense_loss = jax.jit(lambda f: dense_task.losses(lowrank.materialize(f, factored_specs), {},
+                                                   batch, jax.random.key(2), train=False
+                                                   )[0].objective)(factored)
   np.testing.assert_allclose(loss(factored), dense_loss, rtol=1e-6)
   grads = jax.jit(jax.grad(loss))(factored)
   kernel = grads["layers"]["mlp"]["wi"]["kernel"]
@@ -145,23 +148,12 @@ def test_the_factored_form_trains_through_the_task():
   assert loss(stepped) < loss(factored)
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-  from isoflop.experiments.configs import tiny
-  c = tiny.get_config()
-  c.steps, c.batch_size, c.seq_len, c.log_every, c.optimizer.warmup_steps = 8, 8, 16, 4, 2
-  c.model.d_model = 32
-  workdir = tmp_path_factory.mktemp("trained")
-  loop.run(build.prepare(c), str(workdir), progress=False)
-  return workdir, c
-
-
 def _compress(*args):
   return cli.main(["isoflop", "compress", *map(str, args)])
 
 
-def test_compress_lowrank_reports_and_writes_a_loadable_run(trained, tmp_path, capsys):
-  workdir, c = trained
+def test_compress_lowrank_reports_and_writes_a_loadable_run(trained_tiny_run, tmp_path, capsys):
+  workdir, c = trained_tiny_run
   out = tmp_path / "factored"
   assert _compress(f"--workdir={workdir}", "--method=lowrank", f"--out={out}",
                    "--config.lowrank.rank_fraction=0.5") == 0

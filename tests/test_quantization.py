@@ -33,12 +33,13 @@ def _setup(name):
   task = task_lib.make_task(c)
   tokens = jax.random.randint(jax.random.key(1), (4, 16), 0, 64)
   batch = {"inputs": tokens, "targets": jnp.roll(tokens, -1, axis=1)}
-  boxed = task.init_variables(jax.random.key(0), batch)["params"]
+  boxed = jax.jit(task.init_variables)(jax.random.key(0), batch)["params"]
   return task, boxed, batch
 
 
 def _logits(model, params, batch):
-  return model.apply({"params": params}, batch["inputs"], train=False)
+  # Jitted: eager Flax would compile each small op on its own.
+  return jax.jit(lambda p, x: model.apply({"params": p}, x, train=False))(params, batch["inputs"])
 
 
 def _fake_quantized(boxed, settings):
@@ -95,8 +96,8 @@ def test_qat_forward_quantizes_and_gradients_pass_straight_through(family):
   settings = quantization.QuantSettings(bits=4, mode="qat")
   qat = quantization.qat_model(task.model, settings)
   params = nn.meta.unbox(boxed)
-  qat_params = nn.meta.unbox(qat.init({"params": jax.random.key(0)}, batch["inputs"],
-                                      train=False)["params"])
+  qat_params = nn.meta.unbox(jax.eval_shape(
+      lambda: qat.init({"params": jax.random.key(0)}, batch["inputs"], train=False))["params"])
   assert jax.tree.structure(qat_params) == jax.tree.structure(params)  # same train state
   reference, _ = _fake_quantized(boxed, settings)
   weights_BLV = jax.random.normal(jax.random.key(2), _logits(task.model, params, batch).shape)
@@ -111,8 +112,8 @@ def test_qat_forward_quantizes_and_gradients_pass_straight_through(family):
   np.testing.assert_allclose(qat_logits, _logits(task.model, reference, batch),
                              atol=1e-5 * scale)
   # Straight through: d loss / d W is the float model's gradient at the quantized weights.
-  qat_grads = jax.grad(lambda p: loss(qat, p))(params)
-  ste_grads = jax.grad(lambda p: loss(task.model, p))(reference)
+  qat_grads = jax.jit(jax.grad(lambda p: loss(qat, p)))(params)
+  ste_grads = jax.jit(jax.grad(lambda p: loss(task.model, p)))(reference)
   for path, g in flax.traverse_util.flatten_dict(qat_grads).items():
     expected = flax.traverse_util.flatten_dict(ste_grads)[path]
     np.testing.assert_allclose(g, expected, atol=1e-4 * float(jnp.max(jnp.abs(expected))) + 1e-7,

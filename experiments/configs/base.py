@@ -165,8 +165,14 @@ def get_config() -> ml_collections.ConfigDict:
   # synthetic:markov | synthetic:uniform | synthetic:ngram | shakespeare | files:<glob>
   # | tfds:<name>[/<config>][:<version>] | digits
   d.source = "synthetic:markov"
-  d.tokenizer = "bytes"  # text sources: bytes (vocab 256) | sentencepiece (vocab data.vocab_size)
-  d.vocab_size = config_dict.placeholder(int)  # sentencepiece vocabulary size
+  # text sources: bytes (vocab 256) | sentencepiece (vocab data.vocab_size) | hf (the
+  # tokenizer.json at data.tokenizer_path)
+  d.tokenizer = "bytes"
+  # sentencepiece: its vocabulary size; hf: the model's vocabulary if larger than the tokenizer's
+  d.vocab_size = config_dict.placeholder(int)
+  # data.tokenizer=hf: a tokenizer.json, or a directory with one (a Hugging Face checkpoint, a
+  # run made by `isoflop convert --from_hf`); a resumed run reads its own saved copy
+  d.tokenizer_path = config_dict.placeholder(str)
   d.branching = 8  # synthetic: successors per context
   d.zipf = 1.0  # synthetic: Zipf exponent of the successor probabilities
   d.max_order = 3  # synthetic:ngram: contexts of 1..max_order previous tokens

@@ -21,6 +21,7 @@ Which readout: T5 (v1.0) ties it to the token table and scales the decoder outpu
 d_model**-0.5; T5.1.1 and mT5 read out through a separate ``lm_head`` without the scale. A
 config from transformers before 5 says so as ``tie_word_embeddings``; from 5 on that key is
 always True and ``scale_decoder_outputs`` carries the distinction, so it is read first.
+``config_to_hf`` and ``params_to_hf`` go the other way, writing both keys.
 """
 
 from typing import Any
@@ -173,3 +174,89 @@ def params_from_hf(weights: dict[str, np.ndarray], cfg: EncDecConfig) -> dict[st
                      f"{left_over[:3]}; is this a T5 checkpoint of a layout this mapping knows "
                      "(umT5 has a relative bias in every layer, T5 only in the first)?")
   return params
+
+
+# The way back: the encoder-decoder as a T5ForConditionalGeneration config and state dict.
+_HF_PLAIN = {"relu": "relu", "gelu": "gelu_new", "gelu_exact": "gelu", "silu": "silu",
+             "tanh": "tanh", "sigmoid": "sigmoid"}
+_HF_GATED = {ours: f"gated-{theirs}" for theirs, ours in GATED.items()
+             if theirs not in ("swish", "gelu_new")} | {"geglu": "gated-gelu"}
+
+
+def config_to_hf(cfg: EncDecConfig) -> dict[str, Any]:
+  """The ``T5Config`` fields of ``cfg``, or a one-line ValueError naming what T5 lacks. Tied
+  (T5 v1.0) scales the decoder output by d_model**-0.5; untied (T5.1.1) reads out through
+  ``lm_head`` unscaled: ``tie_word_embeddings`` says which to transformers 4, and
+  ``scale_decoder_outputs`` to transformers 5."""
+  if cfg.positions != "relative" or cfg.norm != "rmsnorm" or cfg.use_bias:
+    raise ValueError(f"T5 needs positions='relative', norm='rmsnorm', use_bias=False (this "
+                     f"model has positions={cfg.positions!r}, norm={cfg.norm!r}, use_bias="
+                     f"{cfg.use_bias})")
+  projection = _HF_GATED.get(cfg.activation, _HF_PLAIN.get(cfg.activation))
+  if projection is None:
+    raise ValueError(f"activation={cfg.activation!r} has no T5 feed_forward_proj; use one of "
+                     f"{sorted(_HF_PLAIN) + sorted(_HF_GATED)}")
+  return {"model_type": "t5", "architectures": ["T5ForConditionalGeneration"],
+          "vocab_size": cfg.vocab_size, "d_model": cfg.d_model, "d_kv": cfg.head_dim,
+          "d_ff": cfg.ff_dim, "num_layers": cfg.n_encoder_layers,
+          "num_decoder_layers": cfg.n_decoder_layers, "num_heads": cfg.n_heads,
+          "relative_attention_num_buckets": cfg.relative_buckets,
+          "relative_attention_max_distance": cfg.relative_max_distance,
+          "dropout_rate": cfg.dropout, "layer_norm_epsilon": cfg.norm_eps,
+          "feed_forward_proj": projection, "tie_word_embeddings": cfg.tie_embeddings,
+          "scale_decoder_outputs": cfg.tie_embeddings, "is_encoder_decoder": True,
+          "initializer_factor": 1.0}
+
+
+def _attention_to_hf(attention: dict, i: int, prefix: str, cfg: EncDecConfig,
+                     query_scale: float) -> dict[str, np.ndarray]:
+  d, h, k = cfg.d_model, cfg.n_heads, cfg.head_dim
+  out = {}
+  for ours, theirs in (("query", "q"), ("key", "k"), ("value", "v")):
+    kernel_DHK = np.asarray(attention[f"{ours}_kernel"][i])
+    if ours == "query" and query_scale != 1.0:  # T5 never scales q.k: ours goes into W_q
+      kernel_DHK = kernel_DHK * np.asarray(query_scale, kernel_DHK.dtype)
+    out[f"{prefix}.{theirs}.weight"] = kernel_DHK.reshape(d, h * k).T
+  out[f"{prefix}.o.weight"] = np.asarray(attention["out_kernel"][i]).reshape(h * k, d).T
+  return out
+
+
+def _mlp_to_hf(mlp: dict, i: int, prefix: str, cfg: EncDecConfig) -> dict[str, np.ndarray]:
+  names = (("wi_gate", "wi_0"), ("wi_up", "wi_1")) if mlp_lib.is_gated(cfg.activation) else (
+      ("wi", "wi"),)
+  return {f"{prefix}.{theirs}.weight": np.asarray(mlp[ours]["kernel"][i]).T
+          for ours, theirs in names + (("wo", "wo"),)}
+
+
+def params_to_hf(params: dict[str, Any], cfg: EncDecConfig) -> dict[str, np.ndarray]:
+  """The ``T5ForConditionalGeneration`` state dict of our unboxed params, in their dtype;
+  ``params_from_hf`` maps it back bit for bit when ``attention_scale=1.0`` (T5's). Another
+  attention scale is folded into the query kernels, the one change of values here. Padded
+  vocabulary rows are dropped; the copies of the token table are left to transformers."""
+  config_to_hf(cfg)  # refuses what T5 cannot express
+  v = cfg.vocab_size
+  out = {"shared.weight": np.asarray(params["embed"]["embedding"])[:v]}
+  for stack, n_layers in (("encoder", cfg.n_encoder_layers), ("decoder", cfg.n_decoder_layers)):
+    tree = params[stack]
+    layers = tree["layers"]
+    out[f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight"] = np.asarray(
+        tree["relative_bias"])
+    out[f"{stack}.final_layer_norm.weight"] = np.asarray(tree["final_norm"]["scale"])
+    for i in range(n_layers):
+      p = f"{stack}.block.{i}.layer"
+      if stack == "encoder":
+        parts = (("attention", "0.SelfAttention", "attention_norm"),)
+        mlp_part, mlp_norm = "1", "mlp_norm"
+      else:
+        parts = (("self_attention", "0.SelfAttention", "self_attention_norm"),
+                 ("cross_attention", "1.EncDecAttention", "cross_attention_norm"))
+        mlp_part, mlp_norm = "2", "mlp_norm"
+      for ours, theirs, norm in parts:
+        out.update(_attention_to_hf(layers[ours], i, f"{p}.{theirs}", cfg, cfg.scale))
+        out[f"{p}.{theirs.split('.')[0]}.layer_norm.weight"] = np.asarray(
+            layers[norm]["scale"][i])
+      out.update(_mlp_to_hf(layers["mlp"], i, f"{p}.{mlp_part}.DenseReluDense", cfg))
+      out[f"{p}.{mlp_part}.layer_norm.weight"] = np.asarray(layers[mlp_norm]["scale"][i])
+  if not cfg.tie_embeddings:
+    out["lm_head.weight"] = np.asarray(params["head"]["kernel"])[:, :v].T
+  return out

@@ -22,6 +22,11 @@ Notebook use needs nothing else::
                              input_mask_BL=mask_BL)
     encoded_BLD = model.apply({"params": params}, inputs_BL, method="encode")
 
+``EncoderDecoder(cfg, cache_len=S)`` decodes: the decoder's self-attention keeps a key/value
+cache of S slots in the ``cache`` collection and each ``decode`` call continues the positions
+(and relative buckets) after those already cached; cross-attention projects the encoded input
+once, at the first call (``models/generation.py``).
+
 Dropout (training only) falls on the embeddings, each block's residual branches and each
 stack's output; T5 also drops attention probabilities, which the fused attention call does not.
 """
@@ -141,13 +146,14 @@ class _Layers:
     return norms.make_norm(cfg.norm, eps=cfg.norm_eps, use_bias=cfg.use_bias, dtype=self.dtype,
                            param_dtype=self.param_dtype, name=name)
 
-  def attention(self, name, *, causal: bool, rope: bool):
+  def attention(self, name, *, causal: bool, rope: bool, cache_len: int = 0):
     cfg = self.cfg
     return attention_lib.Attention(
         n_heads=cfg.n_heads, n_kv_heads=cfg.n_heads, d_head=cfg.head_dim, use_bias=cfg.use_bias,
         use_rope=rope, rope_theta=cfg.rope_theta, implementation=cfg.attention,
         scale=cfg.scale, kernel_init=_normal(cfg.init_std), out_kernel_init=self.out_init,
-        dtype=self.dtype, param_dtype=self.param_dtype, causal=causal, name=name)
+        dtype=self.dtype, param_dtype=self.param_dtype, causal=causal, cache_len=cache_len,
+        name=name)
 
   def mlp(self):
     cfg = self.cfg
@@ -183,15 +189,18 @@ class DecoderBlock(nn.Module):
 
   config: EncDecConfig
   deterministic: bool
+  cache_len: int = 0  # > 0: decoding, with a key/value cache of this many slots
 
   @nn.compact
   def __call__(self, y_BTD, positions_BT, bias_1HTT, encoded_BLD, input_mask_BL):
     cfg = self.config
     parts = _Layers(cfg, cfg.n_decoder_layers, self.deterministic)
-    attend = parts.attention("self_attention", causal=True, rope=cfg.positions == "rope")
+    attend = parts.attention("self_attention", causal=True, rope=cfg.positions == "rope",
+                             cache_len=self.cache_len)
     h_BTD = attend(parts.norm("self_attention_norm")(y_BTD), positions_BT, bias_BHLS=bias_1HTT)
     y_BTD = parts.residual(y_BTD, h_BTD)
-    cross = parts.attention("cross_attention", causal=False, rope=False)
+    cross = parts.attention("cross_attention", causal=False, rope=False,
+                            cache_len=self.cache_len)
     h_BTD = cross(parts.norm("cross_attention_norm")(y_BTD), positions_BT, kv_BSD=encoded_BLD,
                   key_mask_BS=input_mask_BL)
     y_BTD = parts.residual(y_BTD, h_BTD)
@@ -206,31 +215,43 @@ class Stack(nn.Module):
 
   config: EncDecConfig
   decoder: bool  # causal self-attention, unidirectional buckets, cross-attention
+  cache_len: int = 0  # decoder only, > 0: decoding with a key/value cache of this many slots
 
   @nn.compact
   def __call__(self, x_BLD, input_mask_BL, encoded_BSD=None, *, train: bool):
     cfg = self.config
     n_layers = cfg.n_decoder_layers if self.decoder else cfg.n_encoder_layers
     positions_BL = jnp.broadcast_to(jnp.arange(x_BLD.shape[1]), x_BLD.shape[:2])
+    decoding = self.decoder and self.cache_len > 0
+    if decoding:  # this call's positions follow those already in the cache
+      index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+      positions_BL = positions_BL + index.value
+      index.value = index.value + x_BLD.shape[1]
     bias_1HLL = None
     if cfg.positions == "relative":
       table_NH = self.param(
           "relative_bias", nn.with_logical_partitioning(
               _normal(cfg.init_std), ("position_buckets", "heads")),
           (cfg.relative_buckets, cfg.n_heads), jnp.dtype(cfg.param_dtype))
-      bias_1HLL = relative.bias(table_NH, x_BLD.shape[1], x_BLD.shape[1],
-                                bidirectional=not self.decoder,
-                                max_distance=cfg.relative_max_distance)
+      if decoding:  # this call's queries over every slot of the cache
+        bias_1HLL = relative.bias_at(table_NH, positions_BL[0], self.cache_len,
+                                     bidirectional=False, max_distance=cfg.relative_max_distance)
+      else:
+        bias_1HLL = relative.bias(table_NH, x_BLD.shape[1], x_BLD.shape[1],
+                                  bidirectional=not self.decoder,
+                                  max_distance=cfg.relative_max_distance)
     block = DecoderBlock if self.decoder else EncoderBlock
     if cfg.remat != "none":
       block = nn.remat(block, policy=REMAT_POLICIES[cfg.remat], prevent_cse=False)
     broadcast = (encoded_BSD, input_mask_BL) if self.decoder else (input_mask_BL,)
-    per_layer = {"params": 0, "intermediates": 0, families.AUX_LOSS: 0, families.AUX_METRICS: 0}
+    per_layer = {"params": 0, "intermediates": 0, families.AUX_LOSS: 0, families.AUX_METRICS: 0,
+                 "cache": 0}
     stack = nn.scan(
         block, variable_axes=per_layer, split_rngs={"params": True, "dropout": True},
         in_axes=(nn.broadcast,) * (2 + len(broadcast)), length=n_layers,
         unroll=min(cfg.scan_unroll, n_layers), metadata_params={nn.PARTITION_NAME: "layers"})
-    x_BLD, _ = stack(cfg, deterministic=not train, name="layers")(
+    extra = {"cache_len": self.cache_len} if self.decoder else {}
+    x_BLD, _ = stack(cfg, deterministic=not train, name="layers", **extra)(
         x_BLD, positions_BL, bias_1HLL, *broadcast)
     x_BLD = norms.make_norm(cfg.norm, eps=cfg.norm_eps, use_bias=cfg.use_bias,
                             dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
@@ -244,6 +265,7 @@ class EncoderDecoder(nn.Module):
   columns masked). ``input_mask_BL`` (1 real, 0 padding; None: all real) hides padded inputs."""
 
   config: EncDecConfig
+  cache_len: int = 0  # > 0: ``decode`` continues a cached decoding (models/generation.py)
 
   def setup(self):
     cfg = self.config
@@ -252,7 +274,7 @@ class EncoderDecoder(nn.Module):
         cfg.padded_vocab, cfg.d_model, dtype=dtype, param_dtype=param_dtype,
         embedding_init=nn.with_logical_partitioning(_normal(cfg.init_std), ("vocab", "embed")))
     self.encoder = Stack(cfg, decoder=False)
-    self.decoder = Stack(cfg, decoder=True)
+    self.decoder = Stack(cfg, decoder=True, cache_len=self.cache_len)
     if not cfg.tie_embeddings:
       self.head = nn.Dense(
           cfg.padded_vocab, use_bias=False, dtype=dtype, param_dtype=param_dtype,

@@ -55,3 +55,17 @@ def bias(table_NH: jax.Array, query_len: int, key_len: int, *, bidirectional: bo
   index_QS = (jnp.arange(key_len)[None, :] - jnp.arange(query_len)[:, None]) + query_len - 1
   bias_HQS = jnp.moveaxis(jnp.take(bias_RH, index_QS, axis=0), -1, 0)
   return logical.constrain(bias_HQS[None], (None, "heads", "length", None))
+
+
+def bias_at(table_NH: jax.Array, query_positions_Q: jax.Array, key_len: int, *,
+            bidirectional: bool, max_distance: int) -> jax.Array:
+  """The rows of ``bias`` for queries at ``query_positions_Q`` (traced, each below key_len) over
+  keys at 0 .. key_len - 1: a decoding step's bias_1HQS over the whole cache."""
+  num_buckets = table_NH.shape[0]
+  relative_R = np.arange(-(key_len - 1), key_len)
+  bucket_R = buckets(relative_R, bidirectional=bidirectional, num_buckets=num_buckets,
+                     max_distance=max_distance)
+  bias_RH = jnp.take(table_NH, jnp.asarray(bucket_R), axis=0)
+  index_QS = jnp.arange(key_len)[None, :] - query_positions_Q[:, None] + key_len - 1
+  bias_HQS = jnp.moveaxis(jnp.take(bias_RH, index_QS, axis=0), -1, 0)
+  return logical.constrain(bias_HQS[None], (None, "heads", "length", None))

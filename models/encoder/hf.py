@@ -3,7 +3,8 @@
 ``config_from_hf`` reads a ``BertConfig.to_dict()``; ``params_from_hf`` maps a state dict of
 NumPy arrays (Hugging Face names) to the unboxed parameter tree of ``Encoder``, layers stacked
 on a leading axis as the scan keeps them. torch ``Linear`` weights are (out, in); ours are
-(in, out), with attention's split into heads (D, H, K) and (H, K, D).
+(in, out), with attention's split into heads (D, H, K) and (H, K, D). ``config_to_hf`` and
+``params_to_hf`` go the other way for an encoder BERT can express.
 """
 
 from typing import Any
@@ -101,3 +102,82 @@ def _stack(trees: list[Any]) -> Any:
   if isinstance(trees[0], dict):
     return {key: _stack([t[key] for t in trees]) for key in trees[0]}
   return np.stack(trees)
+
+
+# The way back: the encoder as a BertForMaskedLM config dict and state dict.
+_HF_NAMES = {ours: theirs for theirs, ours in _ACTIVATIONS.items()}
+
+
+def config_to_hf(cfg: EncoderConfig) -> dict[str, Any]:
+  """The ``BertConfig`` fields of ``cfg``, or a one-line ValueError naming what BERT lacks. An
+  encoder without token types gets BERT's one type whose row is zero (adding nothing)."""
+  fits = {"positions='learned'": cfg.positions == "learned",
+          "norm='layernorm'": cfg.norm == "layernorm",
+          "norm_position='post'": cfg.norm_position == "post",
+          "mlm_transform=True": cfg.mlm_transform, "use_bias=True": cfg.use_bias,
+          "readout_bias=True": cfg.readout_bias,
+          "n_kv_heads=n_heads": cfg.kv_heads == cfg.n_heads,
+          "d_head=d_model/n_heads": cfg.head_dim * cfg.n_heads == cfg.d_model,
+          f"activation one of {sorted(_HF_NAMES)}": cfg.activation in _HF_NAMES}
+  missing = [name for name, ok in fits.items() if not ok]
+  if missing:
+    raise ValueError(f"BERT needs {', '.join(missing)} (this encoder has positions="
+                     f"{cfg.positions!r}, norm={cfg.norm!r}, norm_position={cfg.norm_position!r},"
+                     f" activation={cfg.activation!r})")
+  return {"model_type": "bert", "architectures": ["BertForMaskedLM"],
+          "vocab_size": cfg.vocab_size, "hidden_size": cfg.d_model,
+          "num_hidden_layers": cfg.n_layers, "num_attention_heads": cfg.n_heads,
+          "intermediate_size": cfg.ff_dim, "hidden_act": _HF_NAMES[cfg.activation],
+          "hidden_dropout_prob": cfg.dropout, "attention_probs_dropout_prob": 0.0,
+          "max_position_embeddings": cfg.max_len, "type_vocab_size": max(cfg.type_vocab_size, 1),
+          "layer_norm_eps": cfg.norm_eps, "position_embedding_type": "absolute",
+          "tie_word_embeddings": cfg.tie_embeddings, "initializer_range": cfg.init_std,
+          "is_decoder": False, "add_cross_attention": False}
+
+
+def params_to_hf(params: dict[str, Any], cfg: EncoderConfig) -> dict[str, np.ndarray]:
+  """The ``BertForMaskedLM`` state dict of the encoder's unboxed params, in their dtype;
+  ``params_from_hf`` maps it back bit for bit. Padded vocabulary rows are dropped."""
+  config_to_hf(cfg)  # refuses what BERT cannot express
+  d, h, k, v = cfg.d_model, cfg.n_heads, cfg.head_dim, cfg.vocab_size
+  get = lambda *path: np.asarray(_at(params, path))  # noqa: E731
+  e = "bert.embeddings"
+  types_TD = (get("type_embed", "embedding") if cfg.type_vocab_size
+              else np.zeros((1, d), get("embed", "embedding").dtype))
+  out = {f"{e}.word_embeddings.weight": get("embed", "embedding")[:v],
+         f"{e}.position_embeddings.weight": get("position_embed", "embedding"),
+         f"{e}.token_type_embeddings.weight": types_TD,
+         f"{e}.LayerNorm.weight": get("embedding_norm", "scale"),
+         f"{e}.LayerNorm.bias": get("embedding_norm", "bias"),
+         "cls.predictions.transform.dense.weight": get("head_transform", "kernel").T,
+         "cls.predictions.transform.dense.bias": get("head_transform", "bias"),
+         "cls.predictions.transform.LayerNorm.weight": get("head_norm", "scale"),
+         "cls.predictions.transform.LayerNorm.bias": get("head_norm", "bias"),
+         "cls.predictions.bias": get("readout_bias")[:v],
+         "cls.predictions.decoder.bias": get("readout_bias")[:v]}  # transformers ties the two
+  if not cfg.tie_embeddings:
+    out["cls.predictions.decoder.weight"] = get("head", "kernel")[:, :v].T
+  attention = ("layers", "attention")
+  for i in range(cfg.n_layers):
+    p = f"bert.encoder.layer.{i}"
+    for name in ("query", "key", "value"):  # (D, H, K) -> torch Linear (out, in)
+      out[f"{p}.attention.self.{name}.weight"] = get(*attention, f"{name}_kernel")[i].reshape(
+          d, h * k).T
+      out[f"{p}.attention.self.{name}.bias"] = get(*attention, f"{name}_bias")[i].reshape(h * k)
+    out[f"{p}.attention.output.dense.weight"] = get(*attention, "out_kernel")[i].reshape(
+        h * k, d).T
+    out[f"{p}.attention.output.dense.bias"] = get(*attention, "out_bias")[i]
+    for theirs, ours in (("attention.output.LayerNorm", "attention_norm"),
+                         ("output.LayerNorm", "mlp_norm")):
+      out[f"{p}.{theirs}.weight"] = get("layers", ours, "scale")[i]
+      out[f"{p}.{theirs}.bias"] = get("layers", ours, "bias")[i]
+    for theirs, ours in (("intermediate.dense", "wi"), ("output.dense", "wo")):
+      out[f"{p}.{theirs}.weight"] = get("layers", "mlp", ours, "kernel")[i].T
+      out[f"{p}.{theirs}.bias"] = get("layers", "mlp", ours, "bias")[i]
+  return out
+
+
+def _at(tree: dict[str, Any], path: tuple[str, ...]) -> Any:
+  for key in path:
+    tree = tree[key]
+  return tree

@@ -13,6 +13,10 @@ no state crosses a document boundary. Parameters and activations carry logical a
 kernels ``(embed|hidden, mlp, gate)``, the projection ``(mlp, embed)``; ``mlp`` is the cell
 width H (tensor-parallel), ``gate`` the four gates.
 
+``LstmLm(cfg, decode=True)`` carries each layer's state (c, r) across calls in the ``cache``
+collection, so a prompt and then one token at a time continue one recurrence
+(``models/generation.py``).
+
 Notebook use::
 
     from isoflop.models.lstm import LstmConfig, LstmLm
@@ -93,8 +97,9 @@ class LstmConfig:
     return self.d_model if layer == 0 else self.output_dim
 
 
-def _cell_scan(gx_LBHG, recurrent_RHG, projection_HP, reset_LB, unroll: int):
-  """The recurrence over time (time-major inputs); returns r_LBR."""
+def _cell_scan(gx_LBHG, recurrent_RHG, projection_HP, reset_LB, unroll: int, carry=None):
+  """The recurrence over time (time-major inputs) from ``carry`` (c_BH, r_BR; None: zeros);
+  returns (the final carry, r_LBR)."""
   L, B, H, _ = gx_LBHG.shape
   R = recurrent_RHG.shape[0]
   dtype = gx_LBHG.dtype
@@ -115,9 +120,9 @@ def _cell_scan(gx_LBHG, recurrent_RHG, projection_HP, reset_LB, unroll: int):
     r_BR = logical.constrain(r_BR, ("batch", None))
     return (c_BH, r_BR), r_BR
 
-  carry = (jnp.zeros((B, H), dtype), jnp.zeros((B, R), dtype))
-  _, r_LBR = jax.lax.scan(step, carry, (gx_LBHG, reset_LB), unroll=unroll)
-  return r_LBR
+  if carry is None:
+    carry = (jnp.zeros((B, H), dtype), jnp.zeros((B, R), dtype))
+  return jax.lax.scan(step, carry, (gx_LBHG, reset_LB), unroll=unroll)
 
 
 class LstmLayer(nn.Module):
@@ -125,6 +130,7 @@ class LstmLayer(nn.Module):
 
   config: LstmConfig
   layer: int
+  decode: bool = False  # start from, and keep, the state in the "cache" collection
 
   @nn.compact
   def __call__(self, x_BLI: jax.Array, reset_BL: jax.Array) -> jax.Array:
@@ -156,8 +162,16 @@ class LstmLayer(nn.Module):
                                 ("batch", "length", "mlp", "gate"))
     # Gathered once (as FSDP gathers a parameter before use), not at every timestep.
     recurrent_RHG = logical.constrain(recurrent_RHG.astype(dtype), (None, "mlp", "gate"))
-    r_LBR = _cell_scan(jnp.swapaxes(gx_BLHG, 0, 1), recurrent_RHG, projection_HP,
-                       jnp.swapaxes(reset_BL, 0, 1), cfg.time_unroll)
+    carry = None
+    if self.decode:
+      B = x_BLI.shape[0]
+      c = self.variable("cache", "c", jnp.zeros, (B, H), dtype)
+      r = self.variable("cache", "r", jnp.zeros, (B, R), dtype)
+      carry = (c.value, r.value)
+    carry, r_LBR = _cell_scan(jnp.swapaxes(gx_BLHG, 0, 1), recurrent_RHG, projection_HP,
+                              jnp.swapaxes(reset_BL, 0, 1), cfg.time_unroll, carry)
+    if self.decode:
+      c.value, r.value = carry
     return jnp.swapaxes(r_LBR, 0, 1)
 
 
@@ -165,6 +179,7 @@ class LstmLm(nn.Module):
   """tokens_BL (int) -> logits_BLV (float32, V = padded_vocab; padded columns masked)."""
 
   config: LstmConfig
+  decode: bool = False  # carry the state across calls (models/generation.py)
 
   @nn.compact
   def __call__(self, tokens_BL: jax.Array, *, positions_BL: jax.Array | None = None,
@@ -188,7 +203,7 @@ class LstmLm(nn.Module):
     dropout = nn.Dropout(cfg.dropout, deterministic=not train)
     x_BLR = dropout(x_BLD)
     for layer in range(cfg.n_layers):
-      x_BLR = layer_class(cfg, layer, name=f"layer_{layer}")(x_BLR, reset_BL)
+      x_BLR = layer_class(cfg, layer, self.decode, name=f"layer_{layer}")(x_BLR, reset_BL)
       x_BLR = dropout(logical.constrain(x_BLR, ("batch", "length", None)))
     if cfg.tie_embeddings:
       logits_BLV = jnp.einsum("bld,vd->blv", x_BLR.astype(dtype), embed.embedding.astype(dtype),

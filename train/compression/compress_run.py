@@ -53,6 +53,11 @@ def _evaluate(prepared, params, model_state, eval_fn=None) -> float:
   return float(loop.eval_means(jax.device_get(batches))["loss"])
 
 
+def _placed_like(new, like):
+  """``new``'s values in ``like``'s dtypes, on ``like``'s shardings (the run's layout)."""
+  return jax.tree.map(lambda a, b: jax.device_put(np.asarray(a, b.dtype), b.sharding), new, like)
+
+
 def _fresh_state(prepared):
   with jax.set_mesh(prepared.mesh), nn.logical_axis_rules(prepared.rules):
     return state_lib.create_state(
@@ -77,9 +82,7 @@ def _recovered(dense, source: str, factored, factored_specs, staging: str, steps
   prepared = build.prepare(tune, workdir=source, wrap_model=lambda model: lowrank.FactoredModel(
       model, factored_specs, ranks))
   state = _fresh_state(prepared)
-  state = state.replace(params=jax.tree.map(
-      lambda new, old: jax.device_put(np.asarray(new, old.dtype), old.sharding), factored,
-      state.params))
+  state = state.replace(params=_placed_like(factored, state.params))
   _write_run(prepared, state, scratch, {"method": "lowrank", "start_of_recovery": True})
   result = loop.run(prepared, os.path.join(scratch, "tuned"), progress=False)
   loss = _evaluate(prepared, result.state.params, result.state.model_state)
@@ -178,8 +181,7 @@ def _compress(config, source, step, method, staging, finetune_steps) -> dict[str
         jax.device_get(state.params), _param_specs(prepared), settings)
     # The output run holds the dense U V (it loads as any run of this config); the report
     # counts the factored form.
-    params = jax.tree.map(lambda new, old: jax.device_put(new, old.sharding),
-                          lowrank.materialize(factored, factored_specs), state.params)
+    params = _placed_like(lowrank.materialize(factored, factored_specs), state.params)
     removed = factor_report["n_params_before"] - factor_report["n_params_after"]
     report.update(lowrank=factor_report, n_params_nonzero=n_dense - removed,
                   weight_bytes=_float_bytes(factored),
@@ -189,8 +191,7 @@ def _compress(config, source, step, method, staging, finetune_steps) -> dict[str
     if finetune_steps:
       tuned, metrics, report["loss_after_finetune"] = _recovered(
           dense, source, factored, factored_specs, staging, finetune_steps)
-      params = jax.tree.map(lambda new, old: jax.device_put(new.astype(old.dtype), old.sharding),
-                            lowrank.materialize(tuned, factored_specs), state.params)
+      params = _placed_like(lowrank.materialize(tuned, factored_specs), state.params)
       report["finetune_steps"] = finetune_steps
     _write_run(prepared, state.replace(params=params), staging, report)
     if finetune_steps:
@@ -212,8 +213,7 @@ def _compress(config, source, step, method, staging, finetune_steps) -> dict[str
     report["flops_per_token_after"] = report["flops_per_token_before"]
     # The run holds the dequantized weights: loadable by any float run, computing what the
     # weight-only quantized model computes (w8a8's activation rounding is not stored).
-    params = jax.tree.map(lambda new, old: jax.device_put(new.astype(old.dtype), old.sharding),
-                          quantization.dequantized(quantized_params), state.params)
+    params = _placed_like(quantization.dequantized(quantized_params), state.params)
     _write_run(prepared, state.replace(params=params), staging, report)
   return report
 

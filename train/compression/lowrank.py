@@ -149,10 +149,10 @@ class _Matrix:
     return (copies + tuple(self.names[i] for i in self.inputs) + (RANK_AXIS,),
             copies + (RANK_AXIS,) + tuple(self.names[i] for i in self.outputs))
 
-  def svd(self, weight, xp=np):
+  def svd(self, weight):
     """(u, s, vh) of every copy, in float32 numpy."""
-    w_CIO = xp.asarray(weight, xp.float32).reshape(self.n_copies, self.d_in, self.d_out)
-    return xp.linalg.svd(w_CIO, full_matrices=False)
+    w_CIO = np.asarray(weight, np.float32).reshape(self.n_copies, self.d_in, self.d_out)
+    return np.linalg.svd(w_CIO, full_matrices=False)
 
   def factors(self, u_CIK, s_CK, vh_CKO, r: int):
     """(U, V) of rank r, the singular values split evenly, in the factors' layouts."""

@@ -137,26 +137,6 @@ def fake_quantize(value: jax.Array, names, settings: QuantSettings) -> jax.Array
                                        tiled_axes=tiled))
 
 
-class _PerChannelRule:
-  """Mixin: drops sub-channel tiling from Qwix's rule while ``_per_channel`` is set (an op on a
-  convolution kernel, or on a weight quantized per channel)."""
-
-  _per_channel = False
-
-  def _get_current_rule_and_op_id(self, op_name, **kwargs):
-    rule, op_id = super()._get_current_rule_and_op_id(op_name, **kwargs)
-    if rule is not None and self._per_channel:
-      rule = dataclasses.replace(rule, tile_size=None)
-    return rule, op_id
-
-  def _call(self, per_channel: bool, fn, *args, **kwargs):
-    self._per_channel = per_channel
-    try:
-      return fn(*args, **kwargs)
-    finally:
-      self._per_channel = False
-
-
 def _straight_through(value: jax.Array, names, settings: QuantSettings) -> jax.Array:
   """The fake-quantized weight in the forward pass; the identity in the backward pass."""
 
@@ -226,9 +206,26 @@ def _swap_operands(einsum_str: str) -> str | None:
   return f"{parts[1]},{parts[0]}{arrow}{output}" if arrow and len(parts) == 2 else None
 
 
-class _QuantizedWeightsPtqProvider(_PerChannelRule, qwix.PtqProvider):
+class _QuantizedWeightsPtqProvider(qwix.PtqProvider):
   """PtqProvider that quantizes an op only when an operand is a quantized weight (``ptq``
-  quantized the hidden matrices beforehand); every other op runs in float."""
+  quantized the hidden matrices beforehand); every other op runs in float. Sub-channel tiling
+  is dropped from Qwix's rule while ``_per_channel`` is set (an op on a convolution kernel, or
+  on a weight quantized per channel)."""
+
+  _per_channel = False
+
+  def _get_current_rule_and_op_id(self, op_name, **kwargs):
+    rule, op_id = super()._get_current_rule_and_op_id(op_name, **kwargs)
+    if rule is not None and self._per_channel:
+      rule = dataclasses.replace(rule, tile_size=None)
+    return rule, op_id
+
+  def _call(self, per_channel: bool, fn, *args, **kwargs):
+    self._per_channel = per_channel
+    try:
+      return fn(*args, **kwargs)
+    finally:
+      self._per_channel = False
 
   def einsum(self, einsum_str, *operands, **kwargs):
     if not any(map(_quantized, operands)):
@@ -282,10 +279,6 @@ def _is_boxed(tree) -> bool:
   return any(isinstance(leaf, nn.meta.AxisMetadata) for leaf in leaves)
 
 
-def _spec_names(spec) -> tuple:
-  return tuple(spec)
-
-
 def ptq(model: nn.Module, params: Any, settings: QuantSettings, *, param_specs: Any = None
         ) -> tuple[nn.Module, dict]:
   """Post-training quantization: (the model wrapped with Qwix's PtqProvider, its params with
@@ -307,7 +300,7 @@ def ptq(model: nn.Module, params: Any, settings: QuantSettings, *, param_specs: 
   specs = flax.traverse_util.flatten_dict(flax.core.unfreeze(param_specs))
   quantized = {}
   for path, value in values.items():
-    names = _spec_names(specs[path])
+    names = tuple(specs[path])
     if not _is_hidden(names):
       quantized[path] = value
       continue

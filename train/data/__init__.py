@@ -123,6 +123,14 @@ def _tokenizer(cfg, identity: str, train_documents, cache_dir: str, workdir: str
       raise ValueError(f"data.vocab_size={cfg.vocab_size} does not fit the bytes tokenizer, "
                        "whose vocabulary is 256; leave data.vocab_size unset or use sentencepiece")
     return tokenizers.BytesTokenizer()
+  if cfg.tokenizer == "hf":  # a resumed run keeps the one it saved, else data.tokenizer_path's
+    saved = workdir and os.path.join(workdir, TOKENIZER_DIR)
+    if saved and os.path.exists(os.path.join(saved, tokenizers.HfTokenizer.FILE)):
+      return tokenizers.load_hf(saved)
+    if not cfg.get("tokenizer_path"):
+      raise ValueError("data.tokenizer=hf needs data.tokenizer_path: a tokenizer.json, a "
+                       "Hugging Face checkpoint directory or a converted run")
+    return tokenizers.load_hf(cfg.tokenizer_path, cfg.vocab_size)
   model_file = tokenizers.SentencePieceTokenizer.MODEL_FILE
   saved = workdir and os.path.join(workdir, TOKENIZER_DIR, model_file)
   if saved and os.path.exists(saved):  # a resumed run keeps the tokenizer it trained with
