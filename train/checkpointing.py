@@ -18,9 +18,21 @@ from orbax.checkpoint._src.metadata import array_metadata_store
 # parallel write saves (on CPU, ~50 ms each, ~100 per new model shape); larger arrays still
 # save in parallel.
 MIN_REPLICA_SLICE_BYTES = 1 << 20
-ocp.type_handlers.register_type_handler(jax.Array, ocp.type_handlers.ArrayHandler(
-    array_metadata_store=array_metadata_store.Store(),
-    min_slice_bytes_for_replica_parallel=MIN_REPLICA_SLICE_BYTES), override=True)
+
+
+def _register_array_handler() -> None:
+  absl_logger = logging.getLogger("absl")  # Orbax logs a warning on every override
+  level = absl_logger.level
+  absl_logger.setLevel(logging.ERROR)
+  try:
+    ocp.type_handlers.register_type_handler(jax.Array, ocp.type_handlers.ArrayHandler(
+        array_metadata_store=array_metadata_store.Store(),
+        min_slice_bytes_for_replica_parallel=MIN_REPLICA_SLICE_BYTES), override=True)
+  finally:
+    absl_logger.setLevel(level)
+
+
+_register_array_handler()
 
 
 def saved_tree(workdir: str, step: int) -> dict[str, Any]:
