@@ -38,7 +38,9 @@ the model's vocabulary V, not the padded one (``vocab_pad_multiple``): padding i
 not model (``param_counts(cfg, padded=True)`` gives the allocated counts).
 """
 
-from isoflop.models import conventions
+import dataclasses
+
+from isoflop.models import classifier, conventions
 from isoflop.models import mlp as mlp_lib
 from isoflop.models import moe, norms
 from isoflop.models.transformer import TransformerConfig
@@ -72,6 +74,8 @@ def param_counts(cfg: TransformerConfig, *, padded: bool = False) -> dict[str, i
     counts.update(dense_layer=dense_layer, routed_layer=routed_layer, expert=expert)
   else:
     counts["per_layer"] = dense_layer
+  if cfg.num_classes is not None:  # a classification head instead of the LM readout
+    counts = classifier.classifier_counts(counts, d, cfg.num_classes)
   return counts
 
 
@@ -83,6 +87,8 @@ def _mlp_params(cfg: TransformerConfig, width: int) -> int:
 
 def n_by_convention(cfg: TransformerConfig) -> dict[str, int]:
   counts = param_counts(cfg)
+  if cfg.num_classes is not None:
+    return classifier.classifier_n(counts, cfg.d_model, cfg.num_classes)
   return {
       "kaplan": counts["non_embedding"],
       "chinchilla": counts["total"],
@@ -109,11 +115,16 @@ def flops_per_token(cfg: TransformerConfig, seq_len: int) -> dict[str, float]:
   chinchilla_forward = (2 * v * d + layers * attention + (layers - moe_layers) * dense_ff
                         + moe_layers * routed_ff + 2 * d * v)
   active = counts["active_non_embedding"]
-  return {
+  flops = {
       "kaplan": 6.0 * active + 6.0 * layers * t * h * q,
       "chinchilla": 3.0 * chinchilla_forward,
       "palm": 6.0 * (active + d * v) + 12.0 * layers * h * q * t,
   }
+  if cfg.num_classes is None:
+    return flops
+  lm = dataclasses.replace(cfg, num_classes=None)
+  return classifier.classifier_flops(flops, n_by_convention(lm), n_by_convention(cfg),
+                                     2.0 * d * v, d, cfg.num_classes, seq_len)
 
 
 def routing_overhead_per_token(cfg: TransformerConfig, seq_len: int) -> float:

@@ -31,7 +31,7 @@ import jax.numpy as jnp
 
 from isoflop.models import attention as attention_lib
 from isoflop.models import mlp as mlp_lib
-from isoflop.models import dims, families, logical, moe, mup, norms, vocab
+from isoflop.models import classifier, dims, families, logical, moe, mup, norms, vocab
 
 POSITIONS = ("learned", "rope", "none")
 REMAT_POLICIES: dict[str, Any] = {
@@ -84,6 +84,9 @@ class TransformerConfig(dims.TransformerDims):
   expert_d_ff: int | None = None  # None: d_ff; d_ff / expert_d_ff is the granularity G
   router_aux_loss: float = 0.01  # load-balancing loss coefficient (Switch Transformer)
   router_z_loss: float = 0.001  # router z-loss coefficient (ST-MoE)
+  # Sequence classification (models/classifier.py): K > 1 replaces the LM readout by a fresh
+  # head on the last real token's state, giving logits_BK; None keeps the LM head.
+  num_classes: int | None = None
 
   def __post_init__(self):
     for name in ("vocab_size", "vocab_pad_multiple", "d_model", "n_layers", "n_heads", "max_len",
@@ -117,6 +120,7 @@ class TransformerConfig(dims.TransformerDims):
     if self.positions == "rope" and self.head_dim % 2:
       raise ValueError(f"RoPE needs an even head dimension, got d_head={self.head_dim}")
     self._check_experts()
+    classifier.check_num_classes(self.num_classes)
 
   def _check_experts(self):
     if self.num_experts < 0:
@@ -224,9 +228,12 @@ class Decoder(nn.Module):
 
   @nn.compact
   def __call__(self, tokens_BL: jax.Array, *, positions_BL: jax.Array | None = None,
-               segment_ids_BL: jax.Array | None = None, train: bool = False) -> jax.Array:
+               segment_ids_BL: jax.Array | None = None, train: bool = False,
+               key_mask_BL: jax.Array | None = None) -> jax.Array:
     """``segment_ids_BL`` (packed documents) keeps attention within equal ids; pass
-    ``positions_BL`` restarting at 0 in each document to match."""
+    ``positions_BL`` restarting at 0 in each document to match. With ``num_classes``,
+    returns logits_BK of the last real token (``key_mask_BL``: 1 at real tokens, padding at
+    the end; causal attention keeps padding out of the earlier states)."""
     cfg = self.config
     dtype, param_dtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
     if positions_BL is None:
@@ -267,6 +274,10 @@ class Decoder(nn.Module):
 
     x_BLD = norms.make_norm(cfg.norm, eps=cfg.norm_eps, use_bias=cfg.use_bias, dtype=dtype,
                             param_dtype=param_dtype, name="final_norm")(x_BLD)
+    if cfg.num_classes is not None:
+      return classifier.SequenceClassifier(
+          cfg.num_classes, "last", cfg.init_std, cfg.dtype, cfg.param_dtype,
+          name=classifier.NAME)(x_BLD, key_mask_BL)
     # The readout accumulates and returns float32 even from bf16 inputs, so the loss that
     # scaling fits are made on is never rounded to bf16.
     if cfg.tie_embeddings:

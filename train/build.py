@@ -16,7 +16,7 @@ from isoflop.models import conventions, param_roles
 from isoflop.sharding import mesh as mesh_lib
 from isoflop.sharding import rules as rules_lib
 from isoflop.train import data as data_lib
-from isoflop.train import hardware, optimizers, run_record
+from isoflop.train import finetune, hardware, optimizers, run_record
 from isoflop.train import state as state_lib
 from isoflop.train import step as step_lib
 from isoflop.train import task as task_lib
@@ -166,6 +166,7 @@ def prepare(config, devices: Sequence[jax.Device] | None = None,
     config.model.vocab_size = source.vocab_size  # the model's vocabulary follows the tokenizer
   epochs = _data_budget(config, source)
   task = task_lib.make_task(config)
+  tuning = finetune.settings_from_config(config)  # freezing and LoRA, checked here
   if config.get("quant") and config.quant.bits is not None:
     task = _quantization_aware(task, config.quant)
   if wrap_model is not None:
@@ -182,6 +183,7 @@ def prepare(config, devices: Sequence[jax.Device] | None = None,
         f"batch_size={config.batch_size} is not divisible by the data-parallel size {dp} "
         f"x microbatches={config.microbatches}; use a multiple of {dp * config.microbatches}")
 
+  finetune.check_task(config, source.describe())
   if task.family.check_data is not None:
     task.family.check_data(task.model_config, source.describe(),
                            config.batch_size // (dp * config.microbatches))
@@ -199,6 +201,9 @@ def prepare(config, devices: Sequence[jax.Device] | None = None,
                   for k, v in example.items()}
   phases.mark("data")
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    # LoRA adapters on the dense model's selected kernels (train/finetune.py), when on.
+    task = finetune.wrap_lora(task, tuning, state_lib.abstract_variables(task, batch_shapes)
+                              if tuning.lora else None)
     boxed_variables = state_lib.abstract_variables(task, batch_shapes)
     variable_specs = nn.get_partition_spec(boxed_variables)
     rules_lib.check_names(variable_specs, rules, config.mesh.rules)
@@ -211,8 +216,10 @@ def prepare(config, devices: Sequence[jax.Device] | None = None,
     if teacher is not None:  # on the student's mesh, by the same rules
       teacher_abstract = distillation.abstract_variables(teacher, batch_shapes, mesh, rules)
     task = dataclasses.replace(task, pruner=pruner, teacher=teacher)
+    trainable = finetune.trainable_mask(variable_specs["params"], roles, tuning)
     tx, schedule = optimizers.make_optimizer(
-        config.optimizer, config.steps, roles, task.lr_multipliers(config.optimizer.name, roles))
+        config.optimizer, config.steps, roles, task.lr_multipliers(config.optimizer.name, roles),
+        trainable=trainable)
     shapes, _, shardings = state_lib.abstract_state(
         task, tx, batch_shapes, mesh, rules, ensemble=config.ensemble,
         boxed_variables=boxed_variables)
@@ -261,6 +268,9 @@ def prepare(config, devices: Sequence[jax.Device] | None = None,
     described[f"flops_per_{unit}"][convention] = flops / units_per_step / config.ensemble
   if pruner is not None:
     described["sparsity"] = pruning.describe(pruner, described["n_params"])
+  described.update(finetune.counts(boxed_variables["params"], trainable))
+  if tuning.freezes:
+    described["finetune"] = tuning.describe()
   if config.get("quant") and config.quant.bits is not None:
     described["quant"] = {k: config.quant[k] for k in ("bits", "mode", "tile_size", "act_bits")}
   if teacher is not None:

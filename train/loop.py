@@ -51,7 +51,11 @@ def _print_counts(record: dict[str, Any]) -> None:
   shown = ["embedding", "non_embedding", "head", "total"]
   if counts.get("active", counts["total"]) != counts["total"]:
     shown.append("active")  # routed experts: the parameters one token passes through
-  print("parameters: " + ", ".join(f"{k}={counts[k]:,}" for k in shown))
+  trainable = ""
+  if "n_params_trainable" in record:  # the frozen ones get no update (finetune.*)
+    trainable = (f"; trainable={record['n_params_trainable']:,}, "
+                 f"frozen={record['n_params_frozen']:,}")
+  print("parameters: " + ", ".join(f"{k}={counts[k]:,}" for k in shown) + trainable)
   if record["param_counts_padded"] != counts:
     print(f"allocated with the vocabulary padded: {record['param_counts_padded']['total']:,}")
   print("N by convention: " + ", ".join(f"{k}={v:,}" for k, v in record["n_params"].items()))

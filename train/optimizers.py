@@ -26,8 +26,8 @@ def _mask_like(mask: Any) -> Callable[[Any], Any]:
   return mask_of
 
 
-def make_optimizer(cfg: Any, total_steps: int, roles: Any, lr_multipliers: Any = None
-                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make_optimizer(cfg: Any, total_steps: int, roles: Any, lr_multipliers: Any = None,
+                   trainable: Any = None) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """``cfg`` is the ``optimizer`` ConfigDict: name, lr, schedule, warmup_steps, min_lr_ratio,
   decay_fraction, b1, b2, eps, momentum, weight_decay, clip_norm.
 
@@ -35,7 +35,9 @@ def make_optimizer(cfg: Any, total_steps: int, roles: Any, lr_multipliers: Any =
   decay applies: matrices, not biases or norm scales. ``lr_multipliers``, a tree like the
   parameters of floats (e.g. muP's), gives parameter groups their own learning rate schedule x
   multiplier through ``optax.multi_transform``; clipping stays global. Without it the
-  optimizer is the plain one."""
+  optimizer is the plain one. ``trainable``, a tree like the parameters of bools
+  (``train/finetune.py``), freezes the False ones: they get ``set_to_zero`` (no update, no
+  weight decay, no optimizer state) and clipping sees only the trainable gradients."""
   if cfg.name not in OPTIMIZERS:
     raise ValueError(f"unknown optimizer {cfg.name!r}; choose one of {OPTIMIZERS}")
   if cfg.weight_decay < 0 or cfg.clip_norm < 0:
@@ -68,7 +70,12 @@ def make_optimizer(cfg: Any, total_steps: int, roles: Any, lr_multipliers: Any =
     transforms = {label(m): build(scaled(m)) for m in set(values)}
     labels = jax.tree.map(label, lr_multipliers)
     parts.append(optax.multi_transform(transforms, lambda params: labels))
-  return optax.chain(*parts), lr
+  tx = optax.chain(*parts)
+  if trainable is not None:
+    groups = jax.tree.map(lambda t: "trainable" if t else "frozen", trainable)
+    tx = optax.multi_transform({"trainable": tx, "frozen": optax.set_to_zero()},
+                               lambda params: groups)
+  return tx, lr
 
 
 def _build(cfg, lr, wd, decay_mask) -> optax.GradientTransformation:

@@ -50,7 +50,16 @@ ADDED_AT_OLD_BEHAVIOUR = {"data.normalize": False, "data.augment.crop_padding": 
 # block absent from the checkpointed config is accepted while those are all None (off).
 ADDED_SWITCHED_BLOCKS = {"prune": ("method",), "quant": ("bits",),
                          "lowrank": ("rank_fraction", "energy", "rank"),
-                         "distill": ("teacher",)}
+                         "distill": ("teacher",),
+                         "finetune": ("trainable", "trainable_roles", "lora.rank")}
+
+
+def _switch(new: dict[str, Any], block: str, switch: str) -> Any:
+  """The value of a block's switch, ``lora.rank`` naming a nested key."""
+  node = new.get(block, {})
+  for part in switch.split("."):
+    node = (node or {}).get(part)
+  return node
 
 
 def _added_key_behaves_as_before(key: str, value: Any, new: dict[str, Any]) -> bool:
@@ -63,7 +72,7 @@ def _added_key_behaves_as_before(key: str, value: Any, new: dict[str, Any]) -> b
     return value == ADDED_AT_OLD_BEHAVIOUR[key]
   block = key.split(".", 1)[0]
   if block in ADDED_SWITCHED_BLOCKS and "." in key:
-    return all(new.get(block, {}).get(switch) is None for switch in ADDED_SWITCHED_BLOCKS[block])
+    return all(_switch(new, block, switch) is None for switch in ADDED_SWITCHED_BLOCKS[block])
   if not key.startswith("model.") or key.count(".") != 1:
     return False
   try:

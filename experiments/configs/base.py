@@ -32,6 +32,19 @@ def get_config() -> ml_collections.ConfigDict:
   # branches are made). <workdir> or <workdir>:<step>: parameters only, matched by name and
   # shape (a new head stays freshly initialized); optimizer, step and data start afresh.
   c.init_from = config_dict.placeholder(str)
+  # Fine-tuning (train/finetune.py). Frozen parameters get no update at all. trainable: a
+  # regex searched in parameter paths (layers/attention/query_kernel, classifier/kernel);
+  # trainable_roles: comma-separated roles (embedding, readout, hidden, vector); a parameter
+  # trains when it passes every filter set (None: all train). lora.rank > 0: adapters W +
+  # (alpha / rank) A B on the hidden matrices lora.targets matches (None: attention and MLP
+  # kernels), the base frozen; merge with `python -m isoflop.experiments.merge_lora`.
+  c.finetune = ml_collections.ConfigDict()
+  c.finetune.trainable = config_dict.placeholder(str)
+  c.finetune.trainable_roles = config_dict.placeholder(str)
+  c.finetune.lora = ml_collections.ConfigDict()
+  c.finetune.lora.rank = config_dict.placeholder(int)  # None: no LoRA
+  c.finetune.lora.alpha = 16.0
+  c.finetune.lora.targets = config_dict.placeholder(str)
   c.eval_every = 0  # steps between held-out evaluations (eval_loss rows); 0 = off
   c.eval_batches = 4  # batches of held-out data per evaluation
   c.eval_by_position = False  # causal_lm: also eval_loss_by_position (a list, one per position)
@@ -51,7 +64,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.span_corruption.mean_span_length = 3.0
   c.span_corruption.target_len = config_dict.placeholder(int)
   c.span_corruption.num_sentinels = 100  # T5's extra_ids: at most this many spans a sequence
-  # Image classification (task=classification; the vision families).
+  # Classification (task=classification): images (the vision families) or text (a language
+  # model with model.num_classes, e.g. on data.source=shakespeare_plays).
   c.classification = ml_collections.ConfigDict()
   c.classification.label_smoothing = 0.0  # the target puts this much mass uniformly on classes
 
@@ -139,6 +153,9 @@ def get_config() -> ml_collections.ConfigDict:
   m.expert_d_ff = config_dict.placeholder(int)  # None: d_ff (fine-grained: d_ff / G)
   m.router_aux_loss = 0.01  # coefficient of the Switch load-balancing loss
   m.router_z_loss = 0.001  # coefficient of the router z-loss
+  # task=classification over text: a fresh head of this many classes on the last real token
+  # (models/classifier.py); None: the LM head
+  m.num_classes = config_dict.placeholder(int)
 
   c.optimizer = ml_collections.ConfigDict()
   o = c.optimizer
@@ -163,7 +180,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.data = ml_collections.ConfigDict()
   d = c.data
   # synthetic:markov | synthetic:uniform | synthetic:ngram | shakespeare | files:<glob>
-  # | tfds:<name>[/<config>][:<version>] | digits
+  # | tfds:<name>[/<config>][:<version>] | digits | shakespeare_plays (passages labelled by
+  # play, held out by scene; task=causal_lm reads the training scenes' text)
   d.source = "synthetic:markov"
   # text sources: bytes (vocab 256) | sentencepiece (vocab data.vocab_size) | hf (the
   # tokenizer.json at data.tokenizer_path)

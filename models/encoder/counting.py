@@ -25,8 +25,10 @@ read out (the logits of all positions are computed, as in BERT; the loss uses th
 Attention counts the full T x T square, as it does for the decoder.
 """
 
+import dataclasses
+
+from isoflop.models import classifier, norms
 from isoflop.models import mlp as mlp_lib
-from isoflop.models import norms
 from isoflop.models.encoder.model import EncoderConfig
 
 
@@ -46,12 +48,17 @@ def param_counts(cfg: EncoderConfig, *, padded: bool = False) -> dict[str, int]:
   transform = (d * d + (d if bias else 0) + norm) if cfg.mlm_transform else 0
   head = transform + (v if cfg.readout_bias else 0) + (0 if cfg.tie_embeddings else d * v)
   total = embedding + non_embedding + head
-  return {"embedding": embedding, "non_embedding": non_embedding, "head": head,
-          "total": total, "active": total, "per_layer": layer}
+  counts = {"embedding": embedding, "non_embedding": non_embedding, "head": head,
+            "total": total, "active": total, "per_layer": layer}
+  if cfg.num_classes is not None:  # a classification head instead of the MLM head
+    counts = classifier.classifier_counts(counts, d, cfg.num_classes)
+  return counts
 
 
 def n_by_convention(cfg: EncoderConfig) -> dict[str, int]:
   counts = param_counts(cfg)
+  if cfg.num_classes is not None:
+    return classifier.classifier_n(counts, cfg.d_model, cfg.num_classes)
   transform = cfg.d_model * cfg.d_model if cfg.mlm_transform else 0
   return {"kaplan": counts["non_embedding"], "chinchilla": counts["total"],
           "palm": counts["non_embedding"] + transform + cfg.d_model * cfg.vocab_size}
@@ -66,6 +73,11 @@ def flops_per_token(cfg: EncoderConfig, seq_len: int) -> dict[str, float]:
   transform = 2 * d * d if cfg.mlm_transform else 0
   forward = (2 * v * d + layers * (attention + 2 * gated_matrices * d * cfg.ff_dim)
              + transform + 2 * d * v)
+  if cfg.num_classes is not None:  # the MLM model's, its readout swapped for the classifier
+    lm = dataclasses.replace(cfg, num_classes=None)
+    return classifier.classifier_flops(flops_per_token(lm, seq_len), n_by_convention(lm),
+                                       n_by_convention(cfg), transform + 2.0 * d * v, d,
+                                       cfg.num_classes, seq_len)
   n = n_by_convention(cfg)
   return {"kaplan": 6.0 * n["kaplan"] + 6.0 * layers * t * h * q,
           "chinchilla": 3.0 * forward,

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from isoflop.models import attention as attention_lib
-from isoflop.models import dims, logical, norms, vocab
+from isoflop.models import classifier, dims, logical, norms, vocab
 from isoflop.models import mlp as mlp_lib
 from isoflop.models.transformer import DTYPES, REMAT_POLICIES
 
@@ -61,6 +61,9 @@ class EncoderConfig(dims.TransformerDims):
   init_std: float = 0.02
   dtype: str = "float32"
   param_dtype: str = "float32"
+  # Sequence classification (models/classifier.py): K > 1 replaces the MLM head by a fresh
+  # head on the mean of the real tokens' final states, giving logits_BK; None keeps it.
+  num_classes: int | None = None
 
   def __post_init__(self):
     for name in ("vocab_size", "vocab_pad_multiple", "d_model", "n_layers", "n_heads",
@@ -87,6 +90,7 @@ class EncoderConfig(dims.TransformerDims):
       raise ValueError(f"model.dropout={self.dropout} must be in [0, 1)")
     if self.positions == "rope" and self.head_dim % 2:
       raise ValueError(f"RoPE needs an even head dimension, got d_head={self.head_dim}")
+    classifier.check_num_classes(self.num_classes)
 
 
 def _normal(std: float):
@@ -181,6 +185,10 @@ class Encoder(nn.Module):
         x_BLD, positions_BL, segment_ids_BL, key_mask_BL)
     if cfg.norm_position == "pre":
       x_BLD = _norm(cfg, "final_norm")(x_BLD)
+    if cfg.num_classes is not None:
+      return classifier.SequenceClassifier(
+          cfg.num_classes, "mean", cfg.init_std, cfg.dtype, cfg.param_dtype,
+          name=classifier.NAME)(x_BLD, key_mask_BL)
     return self._readout(x_BLD, embed)
 
   def _readout(self, x_BLD, embed) -> jax.Array:

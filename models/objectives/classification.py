@@ -1,4 +1,5 @@
-"""Image classification: softmax cross-entropy of ``logits_BK`` against integer labels.
+"""Image classification (text: ``text_classification.py``): softmax cross-entropy of
+``logits_BK`` against integer labels.
 
 Serves any family whose module maps image_BHWC to logits_BK (ViT, ResNet, VGG). Training uses
 label smoothing ``classification.label_smoothing`` (the target puts that much probability
@@ -81,8 +82,14 @@ class Classification:
 
 
 def from_run_config(config) -> Classification:
+  """Image classification, or text classification (``text_classification.py``) when the
+  model reads tokens (its config has a ``vocab_size``)."""
   block = config.get("classification") or {}
-  return Classification(label_smoothing=float(block.get("label_smoothing", 0.0)))
+  smoothing = float(block.get("label_smoothing", 0.0))
+  if "vocab_size" in config.get("model", {}):
+    from isoflop.models.objectives import text_classification
+    return text_classification.TextClassification(label_smoothing=smoothing)
+  return Classification(label_smoothing=smoothing)
 
 
 objectives.register("classification", from_run_config)

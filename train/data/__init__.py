@@ -5,6 +5,8 @@
   files:<glob>       the user's own UTF-8 text files (one document per file, or per line)
   tfds:<name>[/<config>][:<version>]   a prepared TFDS dataset in array_record format
   digits             scikit-learn's 8x8 digits (images, for the vision families)
+  shakespeare_plays  passages labelled by play, held out by scene (task=classification), or
+                     the training scenes' text (other tasks): train/data/plays.py
 
 A source gives host batches for stream indices (``batch``), held-out batches (``eval_batch``),
 its vocabulary (text: the tokenizer's), a description for ``config.json``, and a digest of its
@@ -18,9 +20,10 @@ from typing import Any
 import numpy as np
 
 from isoflop.train.data import documents as documents_lib
-from isoflop.train.data import examples, images, synthetic, text, token_cache, tokenizers
+from isoflop.train.data import examples, images, plays, synthetic, text, token_cache, tokenizers
 
-SOURCES = ("synthetic:<kind>", "shakespeare", "files:<glob>", "tfds:<name>", "digits")
+SOURCES = ("synthetic:<kind>", "shakespeare", "files:<glob>", "tfds:<name>", "digits",
+           "shakespeare_plays")
 TOKENIZER_DIR = "tokenizer"  # inside the workdir
 
 
@@ -70,6 +73,10 @@ def _token_source(config, seq_len: int, workdir: str | None, document_masking=No
     return synthetic.make(argument, cfg, config.model.vocab_size, seq_len, config.seed)
   if kind == "digits" and not argument:
     return images.digits(config.seed, cfg)
+  if kind == plays.SOURCE and not argument:
+    return plays.make(config, seq_len, workdir, _tokenizer,
+                      cfg.cache_dir or token_cache.default_cache_dir(),
+                      cfg.document_masking if document_masking is None else document_masking)
   if kind == "shakespeare" and not argument:
     docs = documents_lib.shakespeare()
   elif kind == "files" and argument:
