@@ -29,7 +29,7 @@ import numpy as np
 from isoflop.models import decoder_hf
 from isoflop.models.encdec import hf as encdec_hf
 from isoflop.models.encoder import hf as encoder_hf
-from isoflop.train import build, checkpointing, run_record
+from isoflop.train import build, checkpointing, init_from, run_record
 from isoflop.train import state as state_lib
 from isoflop.train.data import TOKENIZER_DIR, tokenizers
 
@@ -190,17 +190,6 @@ def write_run(config, params: dict[str, Any], out: str, converted_from: dict[str
   return record
 
 
-def _nest(flat: dict[str, Any]) -> dict[str, Any]:
-  tree: dict[str, Any] = {}
-  for name, leaf in flat.items():
-    *parents, last = name.split("/")
-    node = tree
-    for part in parents:
-      node = node.setdefault(part, {})
-    node[last] = leaf
-  return tree
-
-
 def run_params(workdir: str, step: int) -> dict[str, Any]:
   """A run's saved parameters at ``step`` as a tree of NumPy arrays (their saved dtypes), read
   onto the host alone: nothing else of the train state is read."""
@@ -213,7 +202,7 @@ def run_params(workdir: str, step: int) -> dict[str, Any]:
     name = "params/" + jax.tree_util.keystr(path, simple=True, separator="/")
     wanted[name] = jax.ShapeDtypeStruct(tuple(meta.shape), meta.dtype, sharding=host)
   arrays = init_from.read_arrays(workdir, step, wanted)
-  return _nest({name: np.asarray(a) for name, a in arrays.items()})["params"]
+  return init_from.nest({name: np.asarray(a) for name, a in arrays.items()})["params"]
 
 
 def hf_config_of(family: str, model_config, special_ids: dict[str, int],

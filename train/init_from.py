@@ -109,7 +109,7 @@ def _name(prefix: str, path) -> str:
   return f"{prefix}/{jax.tree_util.keystr(path, simple=True, separator='/')}"
 
 
-def _nest(flat: dict[str, Any]) -> dict[str, Any]:
+def nest(flat: dict[str, Any]) -> dict[str, Any]:
   """{"a/b/c": leaf} -> {"a": {"b": {"c": leaf}}}: the partial tree Orbax restores."""
   tree: dict[str, Any] = {}
   for name, leaf in flat.items():
@@ -126,7 +126,7 @@ def read_arrays(workdir: str, step: int, wanted: dict[str, jax.ShapeDtypeStruct]
   """The arrays named ``"params/..."`` / ``"model_state/..."`` of a saved train state, each
   read straight onto its wanted sharding and dtype (Orbax's partial restore: nothing else of
   the checkpoint is read)."""
-  item = _nest(wanted)
+  item = nest(wanted)
   restore_args = jax.tree.map(
       lambda a: ocp.ArrayRestoreArgs(sharding=a.sharding, global_shape=a.shape, dtype=a.dtype),
       item)
