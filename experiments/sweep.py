@@ -1,9 +1,11 @@
 """``isoflop sweep``: run every member of a sweep, each a normal ``isoflop train`` run in its
 own sub-workdir, and keep ``<workdir>/runs.csv`` up to date.
 
-Rerunning the command skips finished members and resumes interrupted ones (their own
-checkpoints). ``--workers=K`` runs K members at once, each process bound to its own share of
-the devices; members come from one queue, so no two workers run the same member. A failing
+Members run on a launcher (experiments/launchers.py): local processes (``--workers=K`` runs K
+at once, each bound to its own share of the devices), Ray tasks or Slurm jobs. Members come
+from one queue, so no two slots run the same member. Rerunning the command skips finished
+members and resumes interrupted ones (their own checkpoints); a member that exits with the
+preemption status (75) is requeued at once, up to ``launcher.max_retries`` times. A failing
 member is recorded (status ``failed``, its log in ``<member>/train.log``) and the sweep goes on.
 """
 
@@ -20,7 +22,7 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from isoflop.experiments import cli, sweep_definition, sweep_worker
+from isoflop.experiments import cli, launchers, sweep_definition
 from isoflop.models import conventions, families
 from isoflop.train import preemption, run_record, wandb_log
 from isoflop.train import workdir as workdir_lib
@@ -171,31 +173,33 @@ def device_shares(workers: int) -> list[dict[str, str]]:
 
 
 class _Progress:
-  """One bar over the whole sweep, in training steps, fed by the members' metrics files."""
+  """One bar over the whole sweep, in training steps (its ETA), fed by the members' metrics
+  files, with the members queued / running / done / failed on whichever launcher runs them."""
 
   def __init__(self, sweep_dir: str, members, steps: dict[str, int], enabled: bool):
     self._dir, self._members, self._steps = sweep_dir, members, steps
     total = sum(steps[m.name] - (m.branch_step or 0) for m in members)
-    # A live bar on a terminal; redirected to a file, a line each time a member ends.
+    # A live bar on a terminal; redirected to a file, a line each time the counts change.
     self._lines = enabled and not sys.stderr.isatty()
-    self._ended = (0, 0)
+    self._counts = None
     self._bar = tqdm(total=total, unit="step", disable=not enabled or self._lines,
                      dynamic_ncols=True, desc="sweep")
 
-  def refresh(self, finished: int, failed: int) -> None:
+  def refresh(self, *, queued: int, running: int, done: int, failed: int) -> None:
+    counts = dict(queued=queued, running=running, done=done, failed=failed)
     if self._lines:
-      if (finished, failed) != self._ended:
-        self._ended = (finished, failed)
-        print(f"sweep: {finished}/{len(self._members)} members done, {failed} failed",
-              file=sys.stderr, flush=True)
+      if counts != self._counts:
+        self._counts = counts
+        print(f"sweep: {done}/{len(self._members)} members done, {failed} failed, "
+              f"{running} running, {queued} queued", file=sys.stderr, flush=True)
       return
-    done = 0
+    done_steps = 0
     for m in self._members:  # a branch only runs the steps after its branch point
       rows = [r for r in _metric_rows(os.path.join(self._dir, m.name)) if "loss" in r]
       last = min(rows[-1]["step"] if rows else 0, self._steps[m.name])
-      done += max(last - (m.branch_step or 0), 0)
-    self._bar.n = done
-    self._bar.set_postfix(members=f"{finished}/{len(self._members)}", failed=failed)
+      done_steps += max(last - (m.branch_step or 0), 0)
+    self._bar.n = done_steps
+    self._bar.set_postfix(counts)
     self._bar.refresh()
 
   def close(self) -> None:
@@ -203,9 +207,18 @@ class _Progress:
 
 
 def run(sweep_path: str, sweep_dir: str, *, workers: int = 1, dry_run: bool = False,
-        progress: bool = True) -> int:
-  """Runs (or resumes) the sweep; returns the exit status (0 when every member is done)."""
+        progress: bool = True, launcher: str = "local",
+        launcher_flags: dict[str, Any] | None = None) -> int:
+  """Runs (or resumes) the sweep on ``launcher`` (local, ray or slurm; ``launcher_flags``
+  are dotted launcher keys from the command line, over the sweep file's ``launcher`` block);
+  returns the exit status (0 when every member is done)."""
   sweep = sweep_definition.load(sweep_path)
+  block = sweep.get("launcher")
+  spec = launchers.spec_from(launcher, block.to_dict() if block else None,
+                             launcher_flags or {})
+  if spec.name != "local" and workers != 1:
+    raise cli.UsageError("--workers is for --launcher=local; on a cluster the engine runs "
+                         "members side by side (limit them with --max_parallel)")
   config = sweep_definition.base_config(sweep, sweep_path)
   config_path = cli.resolve_config_path(sweep.config, os.path.dirname(sweep_path))
   members = sweep_definition.members(sweep, config)
@@ -223,9 +236,9 @@ def run(sweep_path: str, sweep_dir: str, *, workers: int = 1, dry_run: bool = Fa
   try:
     for old, new in sweep_definition.adopt_legacy_member_dirs(sweep_dir, sweep, members):
       print(f"renamed member directory {old!r} to {new!r} (names safe in shells and CSVs)")
-    shares = device_shares(workers)
+    engine = launchers.make(spec, sweep_dir, lambda: device_shares(workers))
     return _run_members(sweep, sweep_path, sweep_dir, config, config_path, members, shared,
-                        shares, progress)
+                        engine, spec, progress)
   except BaseException:
     sweep_lock.remove_if_unused()
     raise
@@ -233,11 +246,11 @@ def run(sweep_path: str, sweep_dir: str, *, workers: int = 1, dry_run: bool = Fa
     sweep_lock.release()
 
 
-def _run_members(sweep, sweep_path, sweep_dir, config, config_path, members, shared, shares,
-                 progress) -> int:
+def _run_members(sweep, sweep_path, sweep_dir, config, config_path, members, shared, launcher,
+                 spec, progress) -> int:
   run_record.write_json_atomically(os.path.join(sweep_dir, "sweep.json"), {
       "sweep_file": os.path.abspath(sweep_path), "sweep": sweep.to_dict(),
-      "config_file": os.path.abspath(config_path),
+      "config_file": os.path.abspath(config_path), "launcher": spec.name,
       "members": [{"name": m.name, "overrides": m.overrides} for m in members]})
   steps = {m.name: int(m.overrides.get("steps", config.steps)) for m in members}
   todo = [m for m in members if member_status(os.path.join(sweep_dir, m.name)) != "done"]
@@ -245,29 +258,35 @@ def _run_members(sweep, sweep_path, sweep_dir, config, config_path, members, sha
   phases = [[m for m in todo if m.is_stable_run], [m for m in todo if not m.is_stable_run]]
   tasks: queue.Queue = queue.Queue()
   lock = threading.Lock()
-  running: dict[str, sweep_worker.WorkerProcess] = {}
+  running: dict[str, Any] = {}  # member -> the slot running it
   busy: dict[str, str] = {}  # members another launcher was running, and who
+  requeues: dict[str, int] = {}
   stopping = threading.Event()
+  absolute_config = os.path.abspath(config_path)
 
-  def work(worker: sweep_worker.WorkerProcess) -> None:
+  def request_for(member) -> dict:
+    member_dir = os.path.join(os.path.abspath(sweep_dir), member.name)
+    overrides = {**shared, **member.overrides}
+    if member.branch_of:
+      overrides["init_from"] = os.path.join(os.path.abspath(sweep_dir), member.branch_of,
+                                            "checkpoints", str(member.branch_step))
+    return {"argv": member_args(absolute_config, member_dir, overrides), "workdir": member_dir,
+            "log": os.path.join(member_dir, "train.log")}
+
+  def work(slot) -> None:
     while not stopping.is_set():
       try:
         member = tasks.get_nowait()
       except queue.Empty:
         return
-      member_dir = os.path.join(sweep_dir, member.name)
+      request = request_for(member)
+      member_dir = request["workdir"]
       os.makedirs(member_dir, exist_ok=True)
       previous = _read_json(os.path.join(member_dir, "status.json")) or {}
       start = time.perf_counter()
-      overrides = {**shared, **member.overrides}
-      if member.branch_of:
-        overrides["init_from"] = os.path.join(os.path.abspath(sweep_dir), member.branch_of,
-                                              "checkpoints", str(member.branch_step))
       with lock:
-        running[member.name] = worker
-      reply = worker.run({"argv": member_args(config_path, member_dir, overrides),
-                          "workdir": member_dir,
-                          "log": os.path.join(member_dir, "train.log")})
+        running[member.name] = slot
+      reply = slot.run(request)
       with lock:
         running.pop(member.name, None)
       if "busy" in reply:  # another launcher runs it: leave it (and its status) alone
@@ -275,45 +294,64 @@ def _run_members(sweep, sweep_path, sweep_dir, config, config_path, members, sha
           busy[member.name] = reply["busy"]
         continue
       code = reply["returncode"]
+      requeue = False
       if code == 0:
         status = "done"
       elif code == preemption.EXIT_PREEMPTED or stopping.is_set():
-        status = "interrupted"  # stopped by us (or the scheduler): resumed on the next run
+        status = "interrupted"  # stopped by us or the scheduler: resumed from its checkpoint
+        requeue = not stopping.is_set() and requeues.get(member.name, 0) < spec.max_retries
       else:
         status = "failed"
       run_record.write_json_atomically(os.path.join(member_dir, "status.json"), {
           "status": status, "returncode": code,
-          "wall_time_s": previous.get("wall_time_s", 0.0) + time.perf_counter() - start,
+          "wall_time_s": previous.get("wall_time_s", 0.0) + reply.get(
+              "run_s", time.perf_counter() - start),
+          "requeues": previous.get("requeues", 0) + requeue, "log": request["log"],
+          "engine_log": reply.get("engine_log"),
           "error": _last_error(member_dir) if status == "failed" else None})
       with lock:
         write_runs_csv(sweep_dir, members)
+        if requeue:
+          requeues[member.name] = requeues.get(member.name, 0) + 1
+          tasks.put(member)
 
-  # Long-lived workers, one per device share: each member's start-up skips the imports.
-  sweep_name = os.path.basename(os.path.abspath(sweep_dir))
-  workers = [sweep_worker.WorkerProcess({**env, wandb_log.SWEEP_ENV: sweep_name})
-             for env in shares]
+  slots = launcher.slots(len(todo))
   bar = _Progress(sweep_dir, members, steps, progress)
-  with preemption.StopRequests() as stop:
-    for phase in phases:
-      for m in phase:
-        tasks.put(m)
-      threads = [threading.Thread(target=work, args=(w,), daemon=True) for w in workers]
-      for t in threads:
-        t.start()
-      while any(t.is_alive() for t in threads):
-        if stop.received is not None and not stopping.is_set():
-          stopping.set()  # members save a checkpoint and exit 75; rerun to resume
-          with lock:
-            for worker in running.values():
-              worker.send_signal(stop.received)
-        statuses = [member_status(os.path.join(sweep_dir, m.name)) for m in members]
-        bar.refresh(statuses.count("done"), statuses.count("failed"))
-        time.sleep(0.5)
-  for worker in workers:
-    worker.close()
+
+  def refresh() -> None:
+    statuses = {m.name: member_status(os.path.join(sweep_dir, m.name)) for m in members}
+    with lock:
+      in_flight = list(running)
+    started = sum(workdir_lib.holder(os.path.join(sweep_dir, n)) is not None for n in in_flight)
+    finished = [s for s in statuses.values() if s in ("done", "failed")]
+    bar.refresh(queued=len(members) - len(finished) - started, running=started,
+                done=finished.count("done"), failed=finished.count("failed"))
+
+  try:
+    with preemption.StopRequests() as stop:
+      for phase in phases:
+        for m in phase:
+          tasks.put(m)
+        if stop.received is None:
+          launcher.submit_phase([request_for(m) for m in phase])
+        threads = [threading.Thread(target=work, args=(s,), daemon=True) for s in slots]
+        for t in threads:
+          t.start()
+        while any(t.is_alive() for t in threads):
+          if stop.received is not None and not stopping.is_set():
+            stopping.set()  # members save a checkpoint and exit 75; rerun to resume
+            with lock:
+              for slot in running.values():
+                slot.send_signal(stop.received)
+          refresh()
+          time.sleep(0.5)
+  finally:
+    for slot in slots:
+      slot.close()
+    launcher.close()
   table = write_runs_csv(sweep_dir, members)
   _write_summary(sweep_dir, sweep, members, table)
-  bar.refresh((table.status == "done").sum(), (table.status == "failed").sum())
+  refresh()
   bar.close()
   counts = table.status.value_counts().to_dict()
   done = counts.get("done", 0)
@@ -322,6 +360,12 @@ def _run_members(sweep, sweep_path, sweep_dir, config, config_path, members, sha
   summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
   print(f"sweep {sweep_dir}: {done}/{len(table)} members done ({summary}); "
         f"{os.path.join(sweep_dir, 'runs.csv')}")
+  for name in table[table.status == "failed"].name:
+    status = _read_json(os.path.join(sweep_dir, name, "status.json")) or {}
+    print(f"  {name}: failed (exit {status.get('returncode')}), log "
+          f"{status.get('engine_log') or status.get('log')}")
+  for name, count in requeues.items():
+    print(f"  {name}: requeued {count} time(s) after a preemption")
   for name, holder in busy.items():
     print(f"  {name}: skipped, being run by another process ({holder})")
   if stopping.is_set():

@@ -6,7 +6,8 @@ Each member is still exactly ``isoflop train`` (the same function, with the same
 the same exit statuses), its output in ``<member>/train.log``. The sweep driver talks to a
 worker over pipes, one JSON object per line:
 
-  request  {"argv": ["--config=...", "--workdir=...", ...], "workdir": ..., "log": ...}
+  request  {"argv": ["--config=...", "--workdir=...", ...], "workdir": ..., "log": ...,
+            "process_id": i}  (process_id: only for processes > 0 of a multi-host member)
   reply    {"returncode": int}  or  {"busy": "<who holds the member's lock>"}
 
 A member that kills its process (a crash, or a signal during its start-up, which exits at once
@@ -46,15 +47,18 @@ def _output_to(path: str):
 
 
 def run_member(request: dict) -> dict:
-  """Runs one member as ``isoflop train`` in this process, holding the member's lock."""
+  """Runs one member as ``isoflop train`` in this process, holding the member's lock (process
+  0 of a multi-host member holds it; the others write nothing but their logs)."""
   from isoflop.experiments import cli
   from isoflop.train import preemption
   from isoflop.train import workdir as workdir_lib
 
-  lock = workdir_lib.try_lock(request["workdir"])
-  if lock is None:
-    return {"busy": workdir_lib.holder(request["workdir"]) or "holder gone"}
-  os.environ[workdir_lib.INHERITED_LOCK_ENV] = str(lock.fd)  # the run takes this lock over
+  lock = None
+  if not request.get("process_id"):
+    lock = workdir_lib.try_lock(request["workdir"])
+    if lock is None:
+      return {"busy": workdir_lib.holder(request["workdir"]) or "holder gone"}
+    os.environ[workdir_lib.INHERITED_LOCK_ENV] = str(lock.fd)  # the run takes this lock over
   preemption.start_up_again()
   cli.command_started = time.perf_counter()  # this member's start-up begins now
   with _output_to(request["log"]):
@@ -63,7 +67,9 @@ def run_member(request: dict) -> dict:
     except BaseException:  # a bug in a member must not end the other members' worker
       traceback.print_exc()
       code = 1
-  if os.environ.pop(workdir_lib.INHERITED_LOCK_ENV, None) is not None:
+  if lock is None:
+    pass
+  elif os.environ.pop(workdir_lib.INHERITED_LOCK_ENV, None) is not None:
     lock.release()  # the run stopped before taking the lock over
   else:
     lock.fd = None  # the run closed it

@@ -49,3 +49,14 @@ def trained_tiny_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("trained")
   loop.run(build.prepare(c), str(workdir), progress=False)
   return workdir, c
+
+
+# The slowest modules first: the two workers then finish on short tests together, instead of
+# one idling while the other runs a slow test collected last.
+SLOW_FIRST = ("test_coordcheck.py", "test_launchers.py", "test_resume.py", "test_sweep.py",
+              "test_tpu_plan.py", "test_finetune.py")
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))

@@ -160,7 +160,7 @@ def test_sweep_runs_skips_finished_members_and_records_failures(tmp_path):
 
 
 def test_a_stopped_sweep_resumes_its_members(tmp_path):
-  path = _write_sweep(tmp_path, "grid", lrs=(1e-3, 2e-3), steps=300)
+  path = _write_sweep(tmp_path, "grid", lrs=(1e-3, 2e-3), steps=150)
   overrides = ["--workdir=" + str(tmp_path / "run")]
   process = subprocess.Popen([sys.executable, "-m", "isoflop.experiments.cli", "sweep",
                               f"--sweep={path}", *overrides], cwd=REPO,
