@@ -19,11 +19,18 @@ SUBCOMMAND_HELP = {
               "[flags]",
               ["isoflop train --config=experiments/configs/tiny.py --workdir=runs/x",
                "isoflop train --config=experiments/configs/tiny.py --workdir=runs/x "
-               "--config.steps=40 --config.mesh.data=2 --dry_run"]),
+               "--config.steps=40 --config.mesh.data=2 --dry_run",
+               "isoflop train --config=experiments/configs/llama_1b.py --workdir=runs/plan "
+               "--dry_run --topology=v5p:2x2x2"]),
     "sweep": ("run (or resume) every member of a sweep, writing <workdir>/runs.csv",
-              "isoflop sweep --sweep=<file.py> --workdir=<dir> [--workers=K] [--dry_run]",
+              "isoflop sweep --sweep=<file.py> --workdir=<dir> [--workers=K] [--dry_run] "
+              "[--launcher=local|ray|slurm] [--ray_address=...] [--slurm.*=...]",
               ["isoflop sweep --sweep=experiments/sweeps/shakespeare_isoflop.py "
-               "--workdir=runs/s --workers=2"]),
+               "--workdir=runs/s --workers=2",
+               "isoflop sweep --sweep=experiments/sweeps/shakespeare_isoflop.py "
+               "--workdir=runs/s_plan --dry_run --topology=v5e:2x2",
+               "isoflop sweep --sweep=<file.py> --workdir=/shared/s --launcher=slurm "
+               "--slurm.partition=gpu --slurm.gpus_per_node=8 --devices_per_member=8"]),
     "analyze": ("fit scaling laws (Chinchilla's three approaches) to a sweep or a CSV",
                 "isoflop analyze (--workdir=<sweep dir> | --csv=<file>) --out=<dir> [flags]",
                 ["isoflop analyze --workdir=runs/s --out=runs/s/analysis",
@@ -67,7 +74,8 @@ SUBCOMMAND_HELP = {
 HELP_ARGS = ("-h", "--help", "--helpshort", "--helpfull")
 EXIT_STATUS_HELP = """\
 exit status: 0 done, 1 sweep with failed members, 2 bad input, 3 non-finite loss,
-75 preempted (SIGTERM/SIGINT; rerun the same command to resume)"""
+4 a --topology plan that does not fit the chips, 75 preempted (SIGTERM/SIGINT; rerun the same
+command to resume)"""
 USAGE = ("usage: isoflop <subcommand> [flags]\n\nsubcommands:\n"
          + "".join(f"  {name:<11} {summary}\n"
                    for name, (summary, _, _) in SUBCOMMAND_HELP.items())
@@ -258,10 +266,26 @@ def train_command(argv: Sequence[str]) -> int:
                          flag_values=flag_values)
     flags.DEFINE_integer("process_id", None, "this process's index (or JAX_PROCESS_ID)",
                          flag_values=flag_values)
+    flags.DEFINE_string("topology", None, "with --dry_run: compile for a TPU slice that is "
+                        "not attached, e.g. v5e:2x2 or v5p:4x4x4, and report per-chip memory "
+                        "against its HBM, a roofline step time and chip-hours (needs "
+                        "isoflop[tpu]); exit status 4 if it does not fit",
+                        flag_values=flag_values)
 
   flag_values = parse_config(argv, define)
   if not flag_values.workdir:
     raise UsageError("missing --workdir; pass the run directory, e.g. --workdir=runs/x")
+  topology = flag_values.topology
+  if topology is not None:
+    if not flag_values.dry_run:
+      raise UsageError(f"--topology={topology} plans a run for a TPU slice that is not "
+                       "attached; add --dry_run (on the slice itself, run the same command "
+                       "without --topology)")
+    from isoflop.train import tpu_plan
+    try:
+      tpu_plan.check_topology_name(topology)  # and libtpu: before anything is written
+    except tpu_plan.PlanError as e:
+      raise UsageError(str(e)) from None
   check_output(flag_values.workdir, "--workdir")  # before anything slow
   from isoflop.train import workdir as workdir_lib
   from isoflop.train import build, compile_cache, distributed, dry_run, loop, preemption
@@ -277,9 +301,14 @@ def train_command(argv: Sequence[str]) -> int:
     from isoflop.train import wandb_log
     wandb_log.check_available(flag_values.config)
     before_prepare_s = time.perf_counter() - command_started
-    prepared = build.prepare(flag_values.config, workdir=flag_values.workdir)
+    if topology is not None:
+      prepared = tpu_plan.prepare(flag_values.config, topology, workdir=flag_values.workdir)
+    else:
+      prepared = build.prepare(flag_values.config, workdir=flag_values.workdir)
     prepared.record["startup_s"] = {"imports": before_prepare_s,
                                     **prepared.record["startup_s"]}
+    if topology is not None:
+      return tpu_plan.report(prepared, topology, flag_values.workdir)
     if flag_values.dry_run:
       dry_run.report(prepared, flag_values.workdir)
       return 0
@@ -313,6 +342,13 @@ def sweep_command(argv: Sequence[str]) -> int:
                        flag_values=flag_values)
   flags.DEFINE_bool("dry_run", False, "list the members with N, D, C and estimated time",
                     flag_values=flag_values)
+  flags.DEFINE_string("launcher", "local", "where members run: local, ray or slurm",
+                      flag_values=flag_values)
+  flags.DEFINE_string("topology", None, "with --dry_run: compile every member for a TPU "
+                      "slice that is not attached (e.g. v5p:4x4x4) and write the plan (fits, "
+                      "memory per chip, step time, chip-hours) to <workdir, else .>/plan.csv; "
+                      "exit status 4 if a member does not fit", flag_values=flag_values)
+  define_launcher_flags(flag_values)
   try:
     parse_flags(flag_values, argv)
   except flags.Error as e:
@@ -320,6 +356,16 @@ def sweep_command(argv: Sequence[str]) -> int:
   if not flag_values.sweep:
     raise UsageError("missing --sweep; pass e.g. --sweep=experiments/sweeps/"
                      "shakespeare_isoflop.py")
+  if flag_values.topology is not None:
+    if not flag_values.dry_run:
+      raise UsageError(f"--topology={flag_values.topology} plans the sweep for a TPU slice "
+                       "that is not attached; add --dry_run")
+    from isoflop.train import tpu_plan
+    try:
+      tpu_plan.check_topology_name(flag_values.topology)
+    except tpu_plan.PlanError as e:
+      raise UsageError(str(e)) from None
+    check_output(flag_values.workdir or os.getcwd(), "--workdir")  # where plan.csv goes
   if not flag_values.workdir and not flag_values.dry_run:
     raise UsageError("missing --workdir; pass the sweep directory, e.g. --workdir=runs/sweep")
   if flag_values.workdir and not flag_values.dry_run:
@@ -328,9 +374,53 @@ def sweep_command(argv: Sequence[str]) -> int:
   path = resolve_sweep_path(flag_values.sweep)
   try:
     return sweep.run(path, flag_values.workdir, workers=flag_values.workers,
-                     dry_run=flag_values.dry_run)
+                     dry_run=flag_values.dry_run, launcher=flag_values.launcher,
+                     launcher_flags=launcher_flags(flag_values),
+                     topology=flag_values.topology)
   except ValueError as e:
     raise UsageError(one_line(e)) from None
+
+
+# Launcher keys settable from the command line (dotted as in the sweep file's launcher
+# block); --ray_address is ray.address.
+LAUNCHER_FLAGS = {
+    "devices_per_member": (int, "devices per member (per host): CPU fake devices, GPUs or TPU "
+                                "chips"),
+    "hosts_per_member": (int, "Ray: processes (hosts) per member, joined by jax.distributed"),
+    "max_parallel": (int, "cluster launchers: members submitted at once (default all)"),
+    "max_retries": (int, "requeues of a member that exits with the preemption status 75"),
+    "ray.num_cpus": (float, "Ray: CPUs per member process"),
+    "ray.num_gpus": (float, "Ray: GPUs per member process"),
+    "ray.tpu_resource": (str, "Ray: the TPU resource name (e.g. TPU); devices_per_member of it"),
+    "ray.placement": (str, "Ray: placement strategy of a multi-host member's processes"),
+    "slurm.cluster": (str, "slurm (sbatch) or local (submitit's local executor)"),
+    "slurm.partition": (str, "Slurm partition"),
+    "slurm.account": (str, "Slurm account"),
+    "slurm.gpus_per_node": (int, "GPUs per node"),
+    "slurm.nodes": (int, "nodes per member (one process each)"),
+    "slurm.cpus_per_task": (int, "CPUs per task"),
+    "slurm.mem_gb": (float, "memory per node, GB"),
+    "slurm.time_min": (int, "time limit per member job, minutes"),
+    "slurm.folder": (str, "submitit's job files (default <workdir>/submitit)"),
+}
+
+
+def define_launcher_flags(flag_values) -> None:
+  from absl import flags
+  define = {int: flags.DEFINE_integer, float: flags.DEFINE_float, str: flags.DEFINE_string}
+  flags.DEFINE_string("ray_address", None, "Ray cluster (host:port or ray://host:10001); "
+                      "default: a local cluster", flag_values=flag_values)
+  for name, (kind, help_text) in LAUNCHER_FLAGS.items():
+    define[kind](name, None, help_text, flag_values=flag_values)
+
+
+def launcher_flags(flag_values) -> dict:
+  """The launcher keys given on the command line (the sweep file's block holds the rest)."""
+  given = {name: flag_values[name].value for name in LAUNCHER_FLAGS
+           if flag_values[name].present}
+  if flag_values["ray_address"].present:
+    given["ray.address"] = flag_values.ray_address
+  return given
 
 
 def resolve_sweep_path(path: str) -> str:
@@ -390,6 +480,7 @@ SUBCOMMANDS = {"train": train_command, "sweep": sweep_command, "analyze": analyz
 
 def main(argv: Sequence[str] | None = None) -> int:
   argv = list(sys.argv if argv is None else argv)
+  _default_platforms()
   if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
     print(USAGE)
     return 0 if len(argv) >= 2 else EXIT_BAD_INPUT
@@ -407,6 +498,18 @@ def main(argv: Sequence[str] | None = None) -> int:
   except UsageError as e:
     print(f"isoflop {name}: error: {e}", file=sys.stderr)
     return EXIT_BAD_INPUT
+
+
+def _default_platforms() -> None:
+  """Before JAX is imported: with libtpu installed (isoflop[tpu], for --topology plans) on a
+  machine without TPUs or GPUs, JAX would try the TPU backend and print libtpu's warnings;
+  there JAX_PLATFORMS defaults to cpu (``hardware.default_jax_platforms``)."""
+  if "jax" in sys.modules:  # too late: JAX read JAX_PLATFORMS when it was imported
+    return
+  from isoflop.train import hardware
+  platforms = hardware.default_jax_platforms()
+  if platforms:
+    os.environ["JAX_PLATFORMS"] = platforms  # inherited by sweep workers and members
 
 
 def entry_point() -> None:

@@ -208,7 +208,7 @@ class _Progress:
 
 def run(sweep_path: str, sweep_dir: str, *, workers: int = 1, dry_run: bool = False,
         progress: bool = True, launcher: str = "local",
-        launcher_flags: dict[str, Any] | None = None) -> int:
+        launcher_flags: dict[str, Any] | None = None, topology: str | None = None) -> int:
   """Runs (or resumes) the sweep on ``launcher`` (local, ray or slurm; ``launcher_flags``
   are dotted launcher keys from the command line, over the sweep file's ``launcher`` block);
   returns the exit status (0 when every member is done)."""
@@ -223,6 +223,9 @@ def run(sweep_path: str, sweep_dir: str, *, workers: int = 1, dry_run: bool = Fa
   config_path = cli.resolve_config_path(sweep.config, os.path.dirname(sweep_path))
   members = sweep_definition.members(sweep, config)
   shared = sweep_definition.shared_overrides(sweep)
+  if dry_run and topology:  # each member compiled for a TPU slice: <sweep_dir or .>/plan.csv
+    from isoflop.experiments import sweep_plan
+    return sweep_plan.report(sweep, config, members, topology, sweep_dir or os.getcwd())
   if dry_run:
     from isoflop.experiments import sweep_estimate
     sweep_estimate.report(sweep, config, members, workers=workers)

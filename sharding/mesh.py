@@ -48,6 +48,24 @@ def _devices(count: int) -> str:
   return f"{count} device" + ("" if count == 1 else "s")
 
 
+def attached(devices: Sequence[jax.Device]) -> bool:
+  """Whether ``devices`` are this process's own, as opposed to compile-only devices (libtpu's
+  devices of a TPU slice that is not attached: they compile programs but run nothing)."""
+  device = devices[0]
+  try:
+    return device in jax.devices(device.platform)
+  except RuntimeError:  # no backend of that platform here
+    return False
+
+
+def mesh_context(mesh: Mesh):
+  """The context a step is traced and lowered in: ``jax.set_mesh``; over compile-only devices
+  the abstract mesh alone, so that values made eagerly while tracing stay on this host."""
+  if attached(list(mesh.devices.flat)):
+    return jax.set_mesh(mesh)
+  return jax.sharding.use_abstract_mesh(mesh.abstract_mesh)
+
+
 def build_mesh(sizes: Mapping[str, int], devices: Sequence[jax.Device] | None = None,
                axes: Sequence[str] = MESH_AXES, table: str | None = None) -> Mesh:
   """A mesh over ``devices`` (default: all) with ``axes`` in order, automatic sharding."""
@@ -55,7 +73,14 @@ def build_mesh(sizes: Mapping[str, int], devices: Sequence[jax.Device] | None = 
   shape = resolve_mesh_shape(sizes, len(devices), axes, table)
   axes = tuple(shape)
   grid = [shape[axis] for axis in axes]
-  if len(devices) == jax.device_count():
-    return jax.make_mesh(grid, axes, axis_types=(AxisType.Auto,) * len(axes), devices=devices)
+  if len(devices) == jax.device_count() or not attached(devices):  # a whole slice
+    try:  # laid out along the TPU torus's physical axes
+      return jax.make_mesh(grid, axes, axis_types=(AxisType.Auto,) * len(axes),
+                           devices=devices)
+    except NotImplementedError:  # an axis size no product of physical axes (8 on a 4x4)
+      from jax.experimental import mesh_utils
+      grid_devices = mesh_utils.create_device_mesh(grid, devices,
+                                                   allow_split_physical_axes=True)
+      return Mesh(grid_devices, axes, axis_types=(AxisType.Auto,) * len(axes))
   # A subset of devices (tests, or one member of a sweep sharing a host): keep their order.
   return Mesh(np.asarray(devices).reshape(grid), axes, axis_types=(AxisType.Auto,) * len(axes))

@@ -13,6 +13,7 @@ def _compress(*args):
   return cli.main(["isoflop", "compress", *map(str, args)])
 
 
+@pytest.mark.xdist_group("trained_tiny_run")  # the shared trained run, built once
 def test_prune_reports_before_and_after_and_writes_a_loadable_run(trained_tiny_run, tmp_path):
   workdir, c = trained_tiny_run
   out = tmp_path / "pruned"
@@ -31,6 +32,7 @@ def test_prune_reports_before_and_after_and_writes_a_loadable_run(trained_tiny_r
   assert not plan.fresh and plan.step == 0
 
 
+@pytest.mark.xdist_group("trained_tiny_run")  # the shared trained run, built once
 def test_finetune_recovers_with_the_masks_held(trained_tiny_run, tmp_path):
   workdir, _ = trained_tiny_run
   out = tmp_path / "tuned"
@@ -42,6 +44,7 @@ def test_finetune_recovers_with_the_masks_held(trained_tiny_run, tmp_path):
   assert all(row["sparsity"] == 0.5 for row in rows if "sparsity" in row)
 
 
+@pytest.mark.xdist_group("trained_tiny_run")  # the shared trained run, built once
 def test_quantize_reports_bytes_and_writes_the_quantized_values(trained_tiny_run, tmp_path):
   """int8 then int4 weight-only PTQ: fewer bytes at fewer bits, a held-out loss measured on the
   quantized model, and a run holding at most 16 distinct values per output channel at int4."""
@@ -67,6 +70,7 @@ def test_quantize_reports_bytes_and_writes_the_quantized_values(trained_tiny_run
 
 @pytest.mark.parametrize("case", ["no_checkpoint", "out_not_empty", "bad_sparsity",
                                   "bad_bits"])
+@pytest.mark.xdist_group("trained_tiny_run")  # the shared trained run, built once
 def test_bad_compress_input_is_one_line_and_writes_nothing(trained_tiny_run, tmp_path, capsys,
                                                            case):
   workdir, _ = trained_tiny_run

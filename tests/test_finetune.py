@@ -22,6 +22,9 @@ from isoflop.train import state as state_lib
 from isoflop.train.data import documents, plays
 
 K = 38  # plays
+# One worker runs the module: its language models are pretrained once.
+pytestmark = pytest.mark.xdist_group("finetune")
+
 HEAD = ["params/classifier/bias", "params/classifier/kernel"]
 
 

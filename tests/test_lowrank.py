@@ -152,6 +152,7 @@ def _compress(*args):
   return cli.main(["isoflop", "compress", *map(str, args)])
 
 
+@pytest.mark.xdist_group("trained_tiny_run")  # the shared trained run, built once
 def test_compress_lowrank_reports_and_writes_a_loadable_run(trained_tiny_run, tmp_path, capsys):
   workdir, c = trained_tiny_run
   out = tmp_path / "factored"

@@ -102,6 +102,7 @@ def _assert_same_run(workdir, reference):
   _assert_tensorboard_matches_metrics(workdir)
 
 
+@pytest.mark.xdist_group("resume_reference")  # one worker builds the reference run
 def test_kill_9_at_any_moment_resumes_bitwise(reference, tmp_path):
   workdir = tmp_path / "run"
   checkpoint_dir = workdir / "checkpoints"
@@ -194,6 +195,7 @@ def _rows_safely(workdir):
     return []
 
 
+@pytest.mark.xdist_group("resume_reference")  # one worker builds the reference run
 @pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
 def test_stop_signal_saves_exits_75_and_resumes_bitwise(reference, tmp_path, stop_signal):
   workdir = tmp_path / "run"

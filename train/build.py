@@ -12,11 +12,11 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from isoflop.models import conventions, param_roles
+from isoflop.models import param_roles
 from isoflop.sharding import mesh as mesh_lib
 from isoflop.sharding import rules as rules_lib
 from isoflop.train import data as data_lib
-from isoflop.train import finetune, hardware, optimizers, run_record
+from isoflop.train import finetune, hardware, optimizers, run_record, step_cost
 from isoflop.train import state as state_lib
 from isoflop.train import step as step_lib
 from isoflop.train import task as task_lib
@@ -99,24 +99,16 @@ def _data_budget(config, source) -> float | None:
   return epochs
 
 
-def _measured_flops(jit_step, task, step_args, lowered_step,
-                    microbatches: int) -> dict[str, float]:
-  """FLOPs of one step by XLA's cost analysis, which counts a loop body once: so on the step
-  with every loop unrolled (layers and microbatches). ``measured`` is what the step executes,
-  rematerialized recomputation included (hardware FLOPs); ``measured_model`` is the same step
-  without rematerialization (model FLOPs)."""
-  def flops(for_task):
-    if for_task == task and microbatches == 1:  # nothing to unroll: the run's own lowering
-      return float(lowered_step.cost_analysis()["flops"])
-    lowered = jit_step(for_task, unroll_microbatches=True).lower(*step_args)
-    return float(lowered.cost_analysis()["flops"])
+class StepDoesNotFit(ValueError):
+  """XLA refused to compile the step for the devices' memory (TPU compilers check it).
+  ``prepared`` holds everything but the compiled step (``compiled_step`` is None), with the
+  memory its record can tell without one."""
 
-  hardware = task.for_cost_analysis(remat=True)
-  model = task.for_cost_analysis(remat=False)
-  measured = flops(hardware)
-  # Tasks are frozen dataclasses: equal means the run does not rematerialize.
-  return {conventions.MEASURED: measured,
-          conventions.MEASURED_MODEL: measured if model == hardware else flops(model)}
+  def __init__(self, reason: str, prepared: "Prepared"):
+    super().__init__(
+        f"the step does not fit in device memory ({reason}); lower batch_size or seq_len, add "
+        "microbatches, shard over more devices (mesh.fsdp), or set model.remat=full")
+    self.reason, self.prepared = reason, prepared
 
 
 def step_memory_bytes(memory) -> int:
@@ -153,10 +145,13 @@ def _quantization_aware(task, block):
 
 
 def prepare(config, devices: Sequence[jax.Device] | None = None,
-            workdir: str | None = None, wrap_model=None) -> Prepared:
+            workdir: str | None = None, wrap_model=None, device_costs: bool = False
+            ) -> Prepared:
   """Checks the config, builds data, mesh, task and optimizer, and compiles the step. Writes
   nothing to ``workdir`` (it is read for a tokenizer saved by an earlier run). ``wrap_model``
-  (module -> module) trains another form of the model, e.g. low-rank factors."""
+  (module -> module) trains another form of the model, e.g. low-rank factors.
+  ``device_costs`` also records the FLOPs and HBM bytes one device moves in a step
+  (``record["cost_per_device"]``, from the compiled step: ``step_cost.per_device``)."""
   _check_run_config(config)
   phases = _PhaseTimer()
   source = data_lib.make_source(config, workdir=workdir)
@@ -200,7 +195,7 @@ def prepare(config, devices: Sequence[jax.Device] | None = None,
   batch_shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding[k])
                   for k, v in example.items()}
   phases.mark("data")
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+  with mesh_lib.mesh_context(mesh), nn.logical_axis_rules(rules):
     # LoRA adapters on the dense model's selected kernels (train/finetune.py), when on.
     task = finetune.wrap_lora(task, tuning, state_lib.abstract_variables(task, batch_shapes)
                               if tuning.lora else None)
@@ -245,13 +240,22 @@ def prepare(config, devices: Sequence[jax.Device] | None = None,
     phases.mark("abstract_state")
     start = time.perf_counter()
     lowered_step = jit_step(task).lower(*step_args)
-    compiled = lowered_step.compile()
+    too_large = None  # XLA's reason, when it refuses the step for the devices' memory
+    try:
+      compiled = lowered_step.compile()
+    except jax.errors.JaxRuntimeError as e:
+      if not step_cost.out_of_memory(e):
+        raise
+      compiled, too_large = None, " ".join(str(e).split())
     compile_s = time.perf_counter() - start
     phases.mark("compile_step")
-    measured = _measured_flops(jit_step, task, step_args, lowered_step, config.microbatches)
+    measured, unrolled = step_cost.measured_flops(jit_step, task, step_args, lowered_step,
+                                                  config.microbatches)
+    if device_costs and compiled is not None:
+      device_cost = step_cost.per_device(compiled, lowered_step, unrolled)
     phases.mark("cost_analysis")
     compiled_eval = None
-    if config.eval_every:
+    if config.eval_every and compiled is not None:
       eval_metrics = task.eval_metrics
       if config.ensemble > 1:
         eval_metrics = jax.vmap(eval_metrics, in_axes=(0, 0, None))
@@ -275,11 +279,21 @@ def prepare(config, devices: Sequence[jax.Device] | None = None,
     described["quant"] = {k: config.quant[k] for k in ("bits", "mode", "tile_size", "act_bits")}
   if teacher is not None:
     described["distill"] = teacher.describe()
+  if teacher is not None and compiled is not None:
     # Frozen and outside the train state: read once, handed to every step.
     teacher_variables = distillation.load_variables(teacher, teacher_abstract)
     compiled = _WithTeacher(compiled, teacher_variables)
-  memory = compiled.memory_analysis()
-  needed = step_memory_bytes(memory)
+  if compiled is not None:
+    memory = compiled.memory_analysis()
+    needed = step_memory_bytes(memory)
+    memory_record = {
+        "arguments": memory.argument_size_in_bytes, "outputs": memory.output_size_in_bytes,
+        "temporaries": memory.temp_size_in_bytes, "aliased": memory.alias_size_in_bytes,
+        "code": memory.generated_code_size_in_bytes,
+        "peak": getattr(memory, "peak_memory_in_bytes", None), "needed": needed}
+  else:
+    memory_record = step_cost.memory_without_compiling(too_large, step_args)
+    needed = memory_record["needed"]
   limit, limit_source = hardware.memory_limit_bytes(list(mesh.devices.flat))
   record = {
       "config": config.to_dict(),
@@ -293,14 +307,16 @@ def prepare(config, devices: Sequence[jax.Device] | None = None,
       "compile_time_s": compile_s,
       "startup_s": phases.seconds,  # where this process's preparation went
       "ensemble": config.ensemble,
-      "memory_per_device_bytes": {
-          "arguments": memory.argument_size_in_bytes, "outputs": memory.output_size_in_bytes,
-          "temporaries": memory.temp_size_in_bytes, "aliased": memory.alias_size_in_bytes,
-          "code": memory.generated_code_size_in_bytes,
-          "peak": getattr(memory, "peak_memory_in_bytes", None), "needed": needed},
+      "memory_per_device_bytes": memory_record,
       "memory_fit": {"needed_bytes_per_device": needed, "limit_bytes_per_device": limit,
-                     "limit": limit_source, "fits": limit is None or needed <= limit},
+                     "limit": limit_source,
+                     "fits": too_large is None and (limit is None or needed <= limit)},
   }
+  if device_costs and compiled is not None:
+    record["cost_per_device"] = device_cost
   row_sharding = rules_lib.logical_to_sharding(jax.sharding.PartitionSpec("batch"), mesh, rules)
-  return Prepared(config, task, source, mesh, rules, compiled, compiled_eval, abstract,
-                  batch_sharding, row_sharding, batch_shapes, tx, roles, record)
+  prepared = Prepared(config, task, source, mesh, rules, compiled, compiled_eval, abstract,
+                      batch_sharding, row_sharding, batch_shapes, tx, roles, record)
+  if too_large is not None:
+    raise StepDoesNotFit(too_large, prepared)
+  return prepared

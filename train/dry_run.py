@@ -2,7 +2,7 @@
 before any accelerator time is spent on training."""
 
 import os
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 
@@ -33,9 +33,11 @@ def _gib(n: int | None) -> str:
   return "n/a" if n is None else f"{n / 2**30:.3f} GiB"
 
 
-def report(prepared, workdir: str) -> dict[str, Any]:
-  """Prints the summary and writes it to ``<workdir>/dry_run.json``; trains nothing."""
-  result = summary(prepared)
+def report(prepared, workdir: str, extra: dict[str, Any] | None = None,
+           extra_lines: Sequence[str] = ()) -> dict[str, Any]:
+  """Prints the summary and writes it to ``<workdir>/dry_run.json``; trains nothing.
+  ``extra`` (keys) and ``extra_lines`` (printed) come from a plan (train/tpu_plan.py)."""
+  result = {**summary(prepared), **(extra or {})}
   if jax.process_index() == 0:
     memory = result["memory_per_device_bytes"]
     devices = result["devices"]
@@ -62,6 +64,8 @@ def report(prepared, workdir: str) -> dict[str, Any]:
         if k in counts))
     if result["param_counts_padded"] != counts:
       print(f"allocated with the vocabulary padded: {result['param_counts_padded']['total']:,}")
+    for line in extra_lines:
+      print(line)
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, "dry_run.json")
     run_record.write_json_atomically(path, result)

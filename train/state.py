@@ -51,12 +51,18 @@ def _init_fn(task, tx: optax.GradientTransformation, batch_shapes) -> Callable:
   return init
 
 
+def _abstract_key() -> jax.ShapeDtypeStruct:
+  """A key's shape and dtype, made without running anything: under a mesh of compile-only
+  devices (a TPU plan, train/tpu_plan.py) nothing can run."""
+  return jax.eval_shape(lambda: jax.random.key(0))
+
+
 def abstract_variables(task, batch_shapes) -> dict[str, Any]:
   """The parameters' and model state's shapes (``{"params": ..., <collection>: ...}``), still
   Flax-boxed with their logical axis names; allocates nothing. Call it under the run's
   logical-axis rules so an activation axis without a rule is caught here
   (``models/logical.py``)."""
-  return jax.eval_shape(_variables_fn(task, batch_shapes), jax.random.key(0))
+  return jax.eval_shape(_variables_fn(task, batch_shapes), _abstract_key())
 
 
 def abstract_state(task, tx, batch_shapes, mesh: Mesh, rules, ensemble: int = 1,
@@ -66,7 +72,7 @@ def abstract_state(task, tx, batch_shapes, mesh: Mesh, rules, ensemble: int = 1,
   ``optax.tree_map_params``), the rest are replicated. ``boxed_variables``: ``abstract_variables``'s
   result, if already at hand. With ``ensemble`` > 1 every array gets a
   leading, unsharded seed axis."""
-  shapes = jax.eval_shape(_init_fn(task, tx, batch_shapes), jax.random.key(0))
+  shapes = jax.eval_shape(_init_fn(task, tx, batch_shapes), _abstract_key())
   if boxed_variables is None:  # the caller's, when it traced them already
     boxed_variables = abstract_variables(task, batch_shapes)
   is_spec = lambda x: isinstance(x, PartitionSpec)  # noqa: E731
