@@ -16,6 +16,7 @@ sweep file's ``launcher`` block, overridden by ``--ray.*`` / ``--slurm.*`` flags
 
 import dataclasses
 import os
+import re
 import signal
 import time
 from typing import Any
@@ -132,14 +133,16 @@ def member_env(spec: LauncherSpec, sweep_dir: str) -> dict[str, str]:
   return env
 
 
-def _forced_cpu_devices(env: dict[str, str]) -> dict[str, str]:
-  count = env.pop("ISOFLOP_CPU_DEVICES", None)
-  if count is None:
-    return env
-  import re
+def with_cpu_devices(env: dict[str, str], count: int | str) -> dict[str, str]:
+  """``env`` with XLA's host platform set to ``count`` CPU devices (replacing any count)."""
   flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", env.get("XLA_FLAGS", ""))
   env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
   return env
+
+
+def _forced_cpu_devices(env: dict[str, str]) -> dict[str, str]:
+  count = env.pop("ISOFLOP_CPU_DEVICES", None)
+  return env if count is None else with_cpu_devices(env, count)
 
 
 def run_member_here(request: dict, env: dict[str, str],

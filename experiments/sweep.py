@@ -12,7 +12,6 @@ member is recorded (status ``failed``, its log in ``<member>/train.log``) and th
 import json
 import os
 import queue
-import re
 import subprocess
 import sys
 import threading
@@ -163,9 +162,7 @@ def device_shares(workers: int) -> list[dict[str, str]]:
       visible = env.get("CUDA_VISIBLE_DEVICES", ",".join(map(str, range(count)))).split(",")
       env["CUDA_VISIBLE_DEVICES"] = ",".join(visible[i * per:(i + 1) * per])
     elif platform == "cpu":
-      flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "",
-                     env.get("XLA_FLAGS", ""))
-      env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={per}".strip()
+      launchers.with_cpu_devices(env, per)
     elif workers > 1:
       raise cli.UsageError(f"--workers > 1 is not supported on {platform}; run one worker")
     shares.append(env)
