@@ -16,7 +16,7 @@ from isoflop.models import param_roles
 from isoflop.sharding import mesh as mesh_lib
 from isoflop.sharding import rules as rules_lib
 from isoflop.train import data as data_lib
-from isoflop.train import finetune, hardware, optimizers, run_record, step_cost
+from isoflop.train import finetune, hardware, optimizers, privacy, run_record, step_cost
 from isoflop.train import state as state_lib
 from isoflop.train import step as step_lib
 from isoflop.train import task as task_lib
@@ -160,6 +160,7 @@ def prepare(config, devices: Sequence[jax.Device] | None = None,
     config = config.copy_and_resolve_references()
     config.model.vocab_size = source.vocab_size  # the model's vocabulary follows the tokenizer
   epochs = _data_budget(config, source)
+  private = privacy.settings_from_config(config)
   task = task_lib.make_task(config)
   tuning = finetune.settings_from_config(config)  # freezing and LoRA, checked here
   if config.get("quant") and config.quant.bits is not None:
@@ -222,12 +223,20 @@ def prepare(config, devices: Sequence[jax.Device] | None = None,
     abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                             shapes, shardings)
     stacked = param_roles.stacked(roles) if config.log_layer_norms else None
+    sampling_rate = None
+    if private is not None:
+      sampling_rate = privacy.check_run(private, config,
+                                        getattr(source, "num_train_examples", None),
+                                        {k: v for k, v in boxed_variables.items()
+                                         if k != "params"})
+    example_axes = next(iter(batch_sharding.values())).spec[0]
 
     def jit_step(for_task, unroll_microbatches=False):
       step = step_lib.make_train_step(
           for_task, tx, schedule, microbatches=config.microbatches, l1=config.loss.l1,
           l2=config.loss.l2, decay_mask=param_roles.decay_mask(roles),
-          layer_norms_stacked=stacked, unroll_microbatches=unroll_microbatches)
+          layer_norms_stacked=stacked, unroll_microbatches=unroll_microbatches,
+          privacy=private, example_axes=example_axes)
       teacher_sharding = ()
       if teacher is not None:  # the teacher's variables: the step's third argument
         teacher_sharding = (jax.tree.map(lambda a: a.sharding, teacher_abstract),)
@@ -279,6 +288,8 @@ def prepare(config, devices: Sequence[jax.Device] | None = None,
     described["quant"] = {k: config.quant[k] for k in ("bits", "mode", "tile_size", "act_bits")}
   if teacher is not None:
     described["distill"] = teacher.describe()
+  if private is not None:
+    described["privacy"] = private.describe(sampling_rate)
   if teacher is not None and compiled is not None:
     # Frozen and outside the train state: read once, handed to every step.
     teacher_variables = distillation.load_variables(teacher, teacher_abstract)

@@ -18,7 +18,7 @@ from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from isoflop.train import build, checkpointing, hardware, init_from, metrics_log, preemption
-from isoflop.train import resume_policy
+from isoflop.train import privacy, resume_policy
 from isoflop.train import data as data_lib
 from isoflop.train import run_record
 from isoflop.train import state as state_lib
@@ -233,6 +233,7 @@ def _run(prepared: build.Prepared, workdir: str, stop: preemption.StopRequests,
   last_joules = meter.joules()
   saved_step = start_step if (restored is not None or branch) else None
   checkpoint_steps = set(config.checkpoint_steps)
+  private = privacy.settings_from_config(config)
 
   def global_batch(host_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
     return {k: jax.make_array_from_process_local_data(prepared.batch_shardings[k], v,
@@ -289,6 +290,9 @@ def _run(prepared: build.Prepared, workdir: str, stop: preemption.StopRequests,
           row.update(_summarize(k, v, ensemble=config.ensemble > 1))
         row.update(_summarize("loss_mean", np.mean(np.asarray(losses, np.float64), axis=0),
                               ensemble=config.ensemble > 1))
+        if private is not None:  # the privacy spent so far, at privacy.delta
+          row["dp_epsilon"] = privacy.epsilon(private, done,
+                                              prepared.record["privacy"]["sampling_rate"])
         rows.append(row)
         if log:
           log.write(row)

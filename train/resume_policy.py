@@ -51,7 +51,8 @@ ADDED_AT_OLD_BEHAVIOUR = {"data.normalize": False, "data.augment.crop_padding": 
 ADDED_SWITCHED_BLOCKS = {"prune": ("method",), "quant": ("bits",),
                          "lowrank": ("rank_fraction", "energy", "rank"),
                          "distill": ("teacher",),
-                         "finetune": ("trainable", "trainable_roles", "lora.rank")}
+                         "finetune": ("trainable", "trainable_roles", "lora.rank"),
+                         "privacy": ("noise_multiplier",)}
 
 
 def _switch(new: dict[str, Any], block: str, switch: str) -> Any:

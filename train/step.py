@@ -6,7 +6,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from isoflop.train import privacy as privacy_lib
 from isoflop.train.state import TrainState
+
+NOISE_DOMAIN = 2**31 - 1  # DP noise keys: fold_in(step key, this), apart from the parts' keys
 
 
 def group_norms(prefix: str, tree: Any, stacked: Any) -> dict[str, jax.Array]:
@@ -39,7 +42,9 @@ def _weighted_sums(metrics, weight):
 def make_train_step(task, tx: optax.GradientTransformation, schedule: optax.Schedule, *,
                     microbatches: int = 1, l1: float = 0.0, l2: float = 0.0,
                     decay_mask: Any = None, layer_norms_stacked: Any = None,
-                    unroll_microbatches: bool = False) -> Callable:
+                    unroll_microbatches: bool = False,
+                    privacy: privacy_lib.Privacy | None = None, example_axes: Any = None
+                    ) -> Callable:
   """Returns ``step(state, batch) -> (state, metrics)``, pure and ready for ``jax.jit``.
 
   The task gives each batch's mean objective and the weight it covers (target tokens,
@@ -53,6 +58,9 @@ def make_train_step(task, tx: optax.GradientTransformation, schedule: optax.Sche
   ``unroll_microbatches`` unrolls the accumulation loop: the same computation, for XLA's
   cost analysis, which counts a loop body once. A task with a distillation teacher takes the
   teacher's variables as the step's third argument (frozen: no gradient flows to them).
+  ``privacy`` (train/privacy.py) makes the gradient DP-SGD's: per-example gradients clipped,
+  summed over every microbatch, noised once and divided by the batch's examples;
+  ``example_axes`` are the mesh axes of the batch's leading dimension.
   """
   if (l1 or l2) and decay_mask is None:
     raise ValueError("L1/L2 penalties need decay_mask (param_roles.decay_mask)")
@@ -71,10 +79,46 @@ def make_train_step(task, tx: optax.GradientTransformation, schedule: optax.Sche
 
   grad_fn = jax.value_and_grad(objective, has_aux=True)
 
+  def private_gradients(params, model_state, batch, rng, teacher_variables):
+    """DP-SGD's gradient of the batch (model_state is empty: privacy.check_run)."""
+    def part_sums(index, part):
+      grads, examples, metrics, n_clipped = privacy_lib.clipped_sums(
+          grad_fn, privacy.clip_norm, example_axes, params, model_state, part,
+          jax.random.fold_in(rng, index), teacher_variables)
+      metrics["dp_clipped_fraction"] = (n_clipped.astype(jnp.float32),
+                                        jnp.asarray(examples, jnp.float32))
+      return grads, metrics
+
+    if microbatches == 1:
+      grads, metric_sums = part_sums(0, batch)
+    else:
+      split = jax.tree.map(
+          lambda x: x.reshape(x.shape[0] // microbatches, microbatches, *x.shape[1:])
+          .swapaxes(0, 1), batch)
+      first = jax.tree.map(lambda x: x[0], split)
+      zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype),
+                           jax.eval_shape(part_sums, 0, first))
+
+      def accumulate(sums, inputs):
+        return jax.tree.map(jnp.add, sums, part_sums(*inputs)), None
+
+      (grads, metric_sums), _ = jax.lax.scan(
+          accumulate, zeros, (jnp.arange(microbatches), split),
+          unroll=microbatches if unroll_microbatches else 1)
+    examples = jax.tree.leaves(batch)[0].shape[0]
+    grads = privacy_lib.noised_mean(grads, examples, privacy,
+                                    jax.random.fold_in(rng, NOISE_DOMAIN))
+    metrics = {k: total / jnp.maximum(w, 1e-12) for k, (total, w) in metric_sums.items()}
+    return grads, metrics
+
   def step(state: TrainState, batch, teacher_variables=None
            ) -> tuple[TrainState, dict[str, jax.Array]]:
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-    if microbatches == 1:
+    if privacy is not None:
+      model_state = state.model_state
+      grads, metrics = private_gradients(state.params, model_state, batch, rng,
+                                         teacher_variables)
+    elif microbatches == 1:
       (_, (_, metrics, model_state)), grads = grad_fn(state.params, state.model_state, batch,
                                                       rng, teacher_variables)
       metrics = {k: mean for k, (mean, _) in metrics.items()}

@@ -172,6 +172,14 @@ def get_config() -> ml_collections.ConfigDict:
   o.weight_decay = 0.1  # masked off norms and biases
   o.clip_norm = 1.0  # global-norm clipping; 0 turns it off
 
+  # DP-SGD (train/privacy.py): per-example clipping to clip_norm, Gaussian noise of std
+  # noise_multiplier * clip_norm; dp_epsilon (at delta) logged by dp-accounting's RDP accountant.
+  c.privacy = ml_collections.ConfigDict()
+  c.privacy.noise_multiplier = config_dict.placeholder(float)  # None: off; 0: clipping only
+  c.privacy.clip_norm = 1.0
+  c.privacy.delta = 1e-5
+  c.privacy.sampling = "shuffled"  # fixed-size batches of the shuffled stream (see privacy.py)
+
   c.loss = ml_collections.ConfigDict()
   c.loss.z_loss = 0.0
   c.loss.l1 = 0.0  # penalties on the weight-decayed parameters
