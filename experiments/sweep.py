@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from isoflop.experiments import cli, launchers, sweep_definition
+from isoflop.experiments import cli, launchers, search, sweep_definition
 from isoflop.models import conventions, families
 from isoflop.train import preemption, run_record, wandb_log
 from isoflop.train import workdir as workdir_lib
@@ -218,7 +218,15 @@ def run(sweep_path: str, sweep_dir: str, *, workers: int = 1, dry_run: bool = Fa
                          "members side by side (limit them with --max_parallel)")
   config = sweep_definition.base_config(sweep, sweep_path)
   config_path = cli.resolve_config_path(sweep.config, os.path.dirname(sweep_path))
-  members = sweep_definition.members(sweep, config)
+  searching = sweep.kind == "search"  # members proposed as it runs (experiments/search.py)
+  if searching:
+    search.check(sweep, config)
+    if dry_run:
+      print(search.describe(sweep, config))
+      return 0
+    members = []
+  else:
+    members = sweep_definition.members(sweep, config)
   shared = sweep_definition.shared_overrides(sweep)
   if dry_run and topology:  # each member compiled for a TPU slice: <sweep_dir or .>/plan.csv
     from isoflop.experiments import sweep_plan
@@ -237,6 +245,17 @@ def run(sweep_path: str, sweep_dir: str, *, workers: int = 1, dry_run: bool = Fa
     for old, new in sweep_definition.adopt_legacy_member_dirs(sweep_dir, sweep, members):
       print(f"renamed member directory {old!r} to {new!r} (names safe in shells and CSVs)")
     engine = launchers.make(spec, sweep_dir, lambda: device_shares(workers))
+    if searching:
+      try:
+        return search.run(
+            sweep, sweep_dir, config,
+            lambda trials, listed: _run_members(
+                sweep, sweep_path, sweep_dir, config, config_path, trials, shared, engine,
+                spec, progress, close_launcher=False, listed=listed),
+            lambda member: runs_row(sweep_dir, member),
+            slots=workers if spec.name == "local" else (spec.max_parallel or 4))
+      finally:
+        engine.close()
     return _run_members(sweep, sweep_path, sweep_dir, config, config_path, members, shared,
                         engine, spec, progress)
   except BaseException:
@@ -247,11 +266,14 @@ def run(sweep_path: str, sweep_dir: str, *, workers: int = 1, dry_run: bool = Fa
 
 
 def _run_members(sweep, sweep_path, sweep_dir, config, config_path, members, shared, launcher,
-                 spec, progress) -> int:
+                 spec, progress, close_launcher: bool = True, listed=None) -> int:
+  """Runs the members not done yet; ``listed`` (default: ``members``) are the members
+  sweep.json and runs.csv list (a search's every trial, of which a round runs some)."""
+  listed = members if listed is None else listed
   run_record.write_json_atomically(os.path.join(sweep_dir, "sweep.json"), {
       "sweep_file": os.path.abspath(sweep_path), "sweep": sweep.to_dict(),
       "config_file": os.path.abspath(config_path), "launcher": spec.name,
-      "members": [{"name": m.name, "overrides": m.overrides} for m in members]})
+      "members": [{"name": m.name, "overrides": m.overrides} for m in listed]})
   steps = {m.name: int(m.overrides.get("steps", config.steps)) for m in members}
   todo = [m for m in members if member_status(os.path.join(sweep_dir, m.name)) != "done"]
   # Shared WSD trunks first: their checkpoints are where the branches start.
@@ -310,7 +332,7 @@ def _run_members(sweep, sweep_path, sweep_dir, config, config_path, members, sha
           "engine_log": reply.get("engine_log"),
           "error": _last_error(member_dir) if status == "failed" else None})
       with lock:
-        write_runs_csv(sweep_dir, members)
+        write_runs_csv(sweep_dir, listed)
         if requeue:
           requeues[member.name] = requeues.get(member.name, 0) + 1
           tasks.put(member)
@@ -348,9 +370,10 @@ def _run_members(sweep, sweep_path, sweep_dir, config, config_path, members, sha
   finally:
     for slot in slots:
       slot.close()
-    launcher.close()
-  table = write_runs_csv(sweep_dir, members)
-  _write_summary(sweep_dir, sweep, members, table)
+    if close_launcher:  # a search runs several rounds on one launcher
+      launcher.close()
+  table = write_runs_csv(sweep_dir, listed)
+  _write_summary(sweep_dir, sweep, listed, table)
   refresh()
   bar.close()
   counts = table.status.value_counts().to_dict()

@@ -14,6 +14,8 @@ token budget branch their decays from one shared warmup-stable run.
            list of values) on the base config. Keys in ``zipped`` (nested the same way, lists of
            one length) advance together, as one more axis of the product: e.g. d_model with
            n_heads, so the head size stays fixed as the width grows.
+  search   trials proposed by Optuna over the ``search.space`` ranges, run as members as the
+           search goes (experiments/search.py).
 ``overrides`` (nested like the config) apply to every member.
 ``compression`` (isoflop and ladder sweeps; nested like the config, each key a list of values,
 e.g. ``{"prune": {"sparsity": [0.0, 0.5, 0.75]}}``) crosses every sized member with the product
@@ -48,7 +50,7 @@ from isoflop.experiments import shapes
 from isoflop.models import families, objectives
 from isoflop.train import resume_policy
 
-KINDS = ("isoflop", "ladder", "grid")
+KINDS = ("isoflop", "ladder", "grid", "search")
 
 # The checks' limits: sweep-file keys of these names, filled in by ``load``. Whole steps make
 # a member miss its budget by at most half a step, so 1.5x is only exceeded by runs of a step
