@@ -40,6 +40,7 @@ not model (``param_counts(cfg, padded=True)`` gives the allocated counts).
 
 import dataclasses
 
+from isoflop.models import attention as attention_lib
 from isoflop.models import classifier, conventions
 from isoflop.models import mlp as mlp_lib
 from isoflop.models import moe, norms
@@ -55,7 +56,8 @@ def param_counts(cfg: TransformerConfig, *, padded: bool = False) -> dict[str, i
   vocab = cfg.padded_vocab if padded else cfg.vocab_size
   d, q, h, g = cfg.d_model, cfg.head_dim, cfg.n_heads, cfg.kv_heads
   bias = cfg.use_bias
-  attention = d * q * (h + 2 * g) + h * q * d + (q * (h + 2 * g) + d if bias else 0)
+  attention = (d * q * (h + 2 * g) + h * q * d + (q * (h + 2 * g) + d if bias else 0)
+               + attention_lib.stabilizer_params(cfg))
   norm = norms.norm_param_count(cfg.norm, d, bias)
   dense_layer = attention + _mlp_params(cfg, cfg.ff_dim) + 2 * norm
   expert = _mlp_params(cfg, cfg.expert_dim)

@@ -65,6 +65,10 @@ class TransformerConfig(dims.TransformerDims):
   tie_embeddings: bool = True
   dropout: float = 0.0
   attention: str = "xla"
+  # Stabilizers (models/attention.py): QK-norm; attention logits soft-capped at c (0: off)
+  qk_norm: bool = False
+  attn_logit_softcap: float = 0.0
+  final_logit_softcap: float = 0.0  # > 0: the readout's logits -> c tanh(logits / c)
   remat: str = "none"
   scan_unroll: int = 1  # layers per scan iteration; n_layers unrolls the stack fully
   init_std: float = 0.02
@@ -89,6 +93,10 @@ class TransformerConfig(dims.TransformerDims):
   num_classes: int | None = None
 
   def __post_init__(self):
+    attention_lib.check_stabilizers(self)
+    if self.final_logit_softcap < 0:
+      raise ValueError(f"model.final_logit_softcap={self.final_logit_softcap} must be >= 0 "
+                       "(0 turns soft-capping off)")
     for name in ("vocab_size", "vocab_pad_multiple", "d_model", "n_layers", "n_heads", "max_len",
                  "scan_unroll"):
       if getattr(self, name) <= 0:
@@ -179,7 +187,7 @@ class Block(nn.Module):
         use_bias=cfg.use_bias, use_rope=cfg.positions == "rope", rope_theta=cfg.rope_theta,
         implementation=cfg.attention, scale=mup.attention_scale(cfg),
         kernel_init=_normal(hidden_std), out_kernel_init=out_init, dtype=dtype,
-        param_dtype=param_dtype, cache_len=self.cache_len,
+        param_dtype=param_dtype, cache_len=self.cache_len, **attention_lib.stabilizers(cfg),
         name="attention")(norm("attention_norm")(x_BLD), positions_BL, segment_ids_BL)
     x_BLD = x_BLD + nn.Dropout(cfg.dropout, deterministic=self.deterministic)(h_BLD)
     if self.routed:
@@ -293,6 +301,8 @@ class Decoder(nn.Module):
           name="head")(x_BLD)
     if cfg.parametrization == "mup":
       logits_BLV = logits_BLV * mup.output_multiplier(cfg)
+    if cfg.final_logit_softcap:
+      logits_BLV = cfg.final_logit_softcap * jnp.tanh(logits_BLV / cfg.final_logit_softcap)
     logits_BLV = vocab.mask_padding(logits_BLV, cfg.vocab_size)
     logits_BLV = logical.constrain(logits_BLV, ("batch", "length", "vocab"))
     self.sow("intermediates", "logits", logits_BLV)

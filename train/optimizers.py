@@ -3,6 +3,7 @@
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from isoflop.models import param_roles
@@ -29,7 +30,8 @@ def _mask_like(mask: Any) -> Callable[[Any], Any]:
 def make_optimizer(cfg: Any, total_steps: int, roles: Any, lr_multipliers: Any = None,
                    trainable: Any = None) -> tuple[optax.GradientTransformation, optax.Schedule]:
   """``cfg`` is the ``optimizer`` ConfigDict: name, lr, schedule, warmup_steps, min_lr_ratio,
-  decay_fraction, b1, b2, eps, momentum, weight_decay, clip_norm.
+  decay_fraction, b1, b2, eps, momentum, weight_decay, clip_norm, independent_weight_decay
+  (True: ``independent_decay`` instead of the optimizer's own decay).
 
   ``roles`` (``models.param_roles.label``, a tree like the parameters) decides where weight
   decay applies: matrices, not biases or norm scales. ``lr_multipliers``, a tree like the
@@ -45,7 +47,8 @@ def make_optimizer(cfg: Any, total_steps: int, roles: Any, lr_multipliers: Any =
   lr = schedules.make_schedule(
       cfg.schedule, peak_lr=cfg.lr, total_steps=total_steps, warmup_steps=cfg.warmup_steps,
       min_lr_ratio=cfg.min_lr_ratio, decay_fraction=cfg.decay_fraction)
-  wd = cfg.weight_decay
+  independent = bool(cfg.get("independent_weight_decay", False)) and cfg.weight_decay > 0
+  wd = 0.0 if independent else cfg.weight_decay  # independent: applied after the optimizer
   decay_mask = _mask_like(param_roles.decay_mask(roles))
 
   def build(lr):
@@ -70,12 +73,34 @@ def make_optimizer(cfg: Any, total_steps: int, roles: Any, lr_multipliers: Any =
     transforms = {label(m): build(scaled(m)) for m in set(values)}
     labels = jax.tree.map(label, lr_multipliers)
     parts.append(optax.multi_transform(transforms, lambda params: labels))
+  if independent:
+    peak = cfg.lr if cfg.lr else 1.0
+    parts.append(optax.masked(
+        independent_decay(cfg.weight_decay, lambda step: lr(step) / peak), decay_mask))
   tx = optax.chain(*parts)
   if trainable is not None:
     groups = jax.tree.map(lambda t: "trainable" if t else "frozen", trainable)
     tx = optax.multi_transform({"trainable": tx, "frozen": optax.set_to_zero()},
                                lambda params: groups)
   return tx, lr
+
+
+def independent_decay(weight_decay: float, schedule_ratio: optax.Schedule
+                      ) -> optax.GradientTransformation:
+  """Weight decay independent of the learning rate (Loshchilov & Hutter's original form;
+  Wortsman et al. 2023, Sec. 3.2.2): p <- p - lr_t * update - (lr_t / lr_peak) * wd * p. The
+  decay follows the schedule's shape but not its size, so changing the learning rate leaves
+  the decay alone (optax's AdamW multiplies it by lr_t: there wd * lr is what matters)."""
+  def init(params):
+    del params
+    return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+
+  def update(updates, state, params):
+    factor = weight_decay * schedule_ratio(state.count)
+    updates = jax.tree.map(lambda u, p: u - (factor * p).astype(u.dtype), updates, params)
+    return updates, optax.ScaleByScheduleState(count=optax.safe_increment(state.count))
+
+  return optax.GradientTransformation(init, update)
 
 
 def _build(cfg, lr, wd, decay_mask) -> optax.GradientTransformation:

@@ -43,7 +43,9 @@ def config_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, list[A
 # those runs did.
 ADDED_AT_OLD_BEHAVIOUR = {"data.normalize": False, "data.augment.crop_padding": 0,
                           "data.augment.flip": False, "data.augment.mixup_alpha": 0.0,
-                          "data.stream_images": False}
+                          "data.stream_images": False, "model.qk_norm": False,
+                          "model.attn_logit_softcap": 0.0, "model.final_logit_softcap": 0.0,
+                          "optimizer.independent_weight_decay": False}
 
 
 # Compression blocks added since runs were first recorded, and the keys that turn each on: a

@@ -133,6 +133,11 @@ def get_config() -> ml_collections.ConfigDict:
   m.tie_embeddings = True
   m.dropout = 0.0
   m.attention = "xla"  # xla | cudnn
+  # Stabilizers (Wortsman et al. 2023; Gemma 2): normalize queries and keys per head; logits
+  # soft-capped at c, c tanh(x / c), in attention and at the readout (0: off)
+  m.qk_norm = False
+  m.attn_logit_softcap = 0.0
+  m.final_logit_softcap = 0.0
   m.remat = "none"  # none | full | dots | dots_no_batch
   m.scan_unroll = 1
   m.init_std = 0.02
@@ -170,6 +175,9 @@ def get_config() -> ml_collections.ConfigDict:
   o.eps = 1e-8
   o.momentum = 0.9
   o.weight_decay = 0.1  # masked off norms and biases
+  # True: p -= (lr_t / lr) * weight_decay * p, not scaled by the learning rate's size (Wortsman
+  # et al. 2023); weight_decay then means the decay per step at the peak (e.g. 1e-4)
+  o.independent_weight_decay = False
   o.clip_norm = 1.0  # global-norm clipping; 0 turns it off
 
   # DP-SGD (train/privacy.py): per-example clipping to clip_norm, Gaussian noise of std

@@ -37,6 +37,7 @@ All count attention over full squares and rectangles, as the papers do, and the 
 vocabulary V, not the padded one (``param_counts(cfg, padded=True)`` gives the allocation).
 """
 
+from isoflop.models import attention as attention_lib
 from isoflop.models import mlp as mlp_lib
 from isoflop.models import norms
 from isoflop.models.encdec.model import EncDecConfig
@@ -44,7 +45,8 @@ from isoflop.models.encdec.model import EncDecConfig
 
 def _attention(cfg: EncDecConfig) -> int:
   d, hq = cfg.d_model, cfg.n_heads * cfg.head_dim
-  return 4 * d * hq + (3 * hq + d if cfg.use_bias else 0)
+  return (4 * d * hq + (3 * hq + d if cfg.use_bias else 0)
+          + attention_lib.stabilizer_params(cfg))
 
 
 def _mlp(cfg: EncDecConfig) -> int:

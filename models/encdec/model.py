@@ -72,6 +72,9 @@ class EncDecConfig(dims.TransformerDims):
   attention_scale: float | None = None  # multiplies q.k; None: 1/sqrt(d_head); T5: 1.0
   dropout: float = 0.0
   attention: str = "xla"
+  # Stabilizers (models/attention.py): QK-norm; attention logits soft-capped at c (0: off)
+  qk_norm: bool = False
+  attn_logit_softcap: float = 0.0
   remat: str = "none"
   scan_unroll: int = 1  # layers per scan iteration; the stack's depth unrolls it fully
   init_std: float = 0.02
@@ -79,6 +82,7 @@ class EncDecConfig(dims.TransformerDims):
   param_dtype: str = "float32"
 
   def __post_init__(self):
+    attention_lib.check_stabilizers(self)
     for name in ("vocab_size", "vocab_pad_multiple", "d_model", "n_encoder_layers",
                  "n_decoder_layers", "n_heads", "scan_unroll", "d_head", "d_ff"):
       value = getattr(self, name)
@@ -153,7 +157,7 @@ class _Layers:
         use_rope=rope, rope_theta=cfg.rope_theta, implementation=cfg.attention,
         scale=cfg.scale, kernel_init=_normal(cfg.init_std), out_kernel_init=self.out_init,
         dtype=self.dtype, param_dtype=self.param_dtype, causal=causal, cache_len=cache_len,
-        name=name)
+        **attention_lib.stabilizers(cfg), name=name)
 
   def mlp(self):
     cfg = self.cfg

@@ -56,6 +56,9 @@ class EncoderConfig(dims.TransformerDims):
   readout_bias: bool = True
   dropout: float = 0.0
   attention: str = "xla"
+  # Stabilizers (models/attention.py): QK-norm; attention logits soft-capped at c (0: off)
+  qk_norm: bool = False
+  attn_logit_softcap: float = 0.0
   remat: str = "none"
   scan_unroll: int = 1
   init_std: float = 0.02
@@ -66,6 +69,7 @@ class EncoderConfig(dims.TransformerDims):
   num_classes: int | None = None
 
   def __post_init__(self):
+    attention_lib.check_stabilizers(self)
     for name in ("vocab_size", "vocab_pad_multiple", "d_model", "n_layers", "n_heads",
                  "max_len", "scan_unroll"):
       if getattr(self, name) <= 0:
@@ -119,7 +123,8 @@ class EncoderBlock(nn.Module):
         use_bias=cfg.use_bias, use_rope=cfg.positions == "rope", rope_theta=cfg.rope_theta,
         implementation=cfg.attention, scale=cfg.head_dim ** -0.5,
         kernel_init=_normal(cfg.init_std), out_kernel_init=out_init, dtype=dtype,
-        param_dtype=param_dtype, causal=False, name="attention")
+        param_dtype=param_dtype, causal=False, **attention_lib.stabilizers(cfg),
+        name="attention")
     mlp = mlp_lib.Mlp(d_ff=cfg.ff_dim, activation=cfg.activation, use_bias=cfg.use_bias,
                       kernel_init=_normal(cfg.init_std), out_kernel_init=out_init, dtype=dtype,
                       param_dtype=param_dtype, name="mlp")

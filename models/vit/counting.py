@@ -35,6 +35,7 @@ Attention counts the full T x T square. The run's ``seq_len`` means nothing for 
 ignored. Measured FLOPs (XLA's cost analysis) are added by train/.
 """
 
+from isoflop.models import attention as attention_lib
 from isoflop.models import mlp as mlp_lib
 from isoflop.models import norms
 from isoflop.models.vit.model import VitConfig
@@ -46,7 +47,8 @@ def param_counts(cfg: VitConfig, *, padded: bool = False) -> dict[str, int]:
   d, q, h, g, f = cfg.d_model, cfg.head_dim, cfg.n_heads, cfg.kv_heads, cfg.ff_dim
   bias = cfg.use_bias
   norm = norms.norm_param_count(cfg.norm, d, bias)
-  attention = d * q * (h + 2 * g) + h * q * d + (q * (h + 2 * g) + d if bias else 0)
+  attention = (d * q * (h + 2 * g) + h * q * d + (q * (h + 2 * g) + d if bias else 0)
+               + attention_lib.stabilizer_params(cfg))
   n_in = 2 if mlp_lib.is_gated(cfg.activation) else 1
   mlp = n_in * d * f + f * d + (n_in * f + d if bias else 0)
   layer = attention + mlp + 2 * norm

@@ -67,6 +67,9 @@ class VitConfig(dims.TransformerDims):
   use_bias: bool = True  # the blocks' and norms' biases (patch embedding and head keep theirs)
   dropout: float = 0.0
   attention: str = "xla"
+  # Stabilizers (models/attention.py): QK-norm; attention logits soft-capped at c (0: off)
+  qk_norm: bool = False
+  attn_logit_softcap: float = 0.0
   remat: str = "none"
   scan_unroll: int = 1
   init_std: float = 0.02  # blocks, position table; the patch kernel is LeCun normal
@@ -75,6 +78,7 @@ class VitConfig(dims.TransformerDims):
   param_dtype: str = "float32"
 
   def __post_init__(self):
+    attention_lib.check_stabilizers(self)
     for name in ("num_classes", "image_size", "channels", "patch_size", "d_model", "n_layers",
                  "n_heads", "scan_unroll"):
       if getattr(self, name) <= 0:
@@ -189,7 +193,8 @@ class VitBlock(nn.Module):
         n_heads=cfg.n_heads, n_kv_heads=cfg.kv_heads, d_head=cfg.head_dim,
         use_bias=cfg.use_bias, use_rope=False, rope_theta=0.0, implementation=cfg.attention,
         scale=cfg.head_dim ** -0.5, kernel_init=init, out_kernel_init=init, dtype=dtype,
-        param_dtype=param_dtype, causal=False, name="attention")
+        param_dtype=param_dtype, causal=False, **attention_lib.stabilizers(cfg),
+        name="attention")
     mlp = mlp_lib.Mlp(d_ff=cfg.ff_dim, activation=cfg.activation, use_bias=cfg.use_bias,
                       kernel_init=init, out_kernel_init=init, dtype=dtype,
                       param_dtype=param_dtype, name="mlp")
