@@ -16,7 +16,8 @@ from isoflop.models import param_roles
 from isoflop.sharding import mesh as mesh_lib
 from isoflop.sharding import rules as rules_lib
 from isoflop.train import data as data_lib
-from isoflop.train import finetune, hardware, optimizers, privacy, run_record, step_cost
+from isoflop.train import finetune, hardware, optimizers, privacy, run_record, spikes
+from isoflop.train import step_cost
 from isoflop.train import state as state_lib
 from isoflop.train import step as step_lib
 from isoflop.train import task as task_lib
@@ -222,7 +223,9 @@ def prepare(config, devices: Sequence[jax.Device] | None = None,
     rules_lib.check_divisible(shapes, shardings)
     abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                             shapes, shardings)
-    stacked = param_roles.stacked(roles) if config.log_layer_norms else None
+    # A spike's record holds the per-layer norms of its step (train/spikes.py).
+    watch_spikes = spikes.settings_from_config(config) is not None
+    stacked = (param_roles.stacked(roles) if config.log_layer_norms or watch_spikes else None)
     sampling_rate = None
     if private is not None:
       sampling_rate = privacy.check_run(private, config,

@@ -100,6 +100,12 @@ class Checkpoints:
   def steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
 
+  def delete(self, steps) -> None:
+    """Deletes the checkpoints of these steps that exist (a trajectory a rollback abandoned)."""
+    self._manager.wait_until_finished()
+    for step in set(steps) & set(self.steps()):
+      self._manager.delete(step)
+
   def save(self, step: int, state: Any, data_state: dict[str, Any]) -> None:
     """Starts an asynchronous save; device buffers are copied before this returns, so the
     caller may donate ``state`` to the next step at once."""

@@ -18,7 +18,7 @@ from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from isoflop.train import build, checkpointing, hardware, init_from, metrics_log, preemption
-from isoflop.train import privacy, resume_policy
+from isoflop.train import privacy, resume_policy, spikes
 from isoflop.train import data as data_lib
 from isoflop.train import run_record
 from isoflop.train import state as state_lib
@@ -128,12 +128,24 @@ def run(prepared: build.Prepared, workdir: str, *, progress: bool = True) -> Run
   """Trains ``prepared`` up to ``config.steps``, resuming from ``workdir`` if it holds a run."""
   # From here a signal asks for a stop at a safe point; before the first write it stops at once.
   with preemption.StopRequests() as stop:
-    return _run(prepared, workdir, stop, progress)
+    event = None
+    while True:
+      try:
+        return _run(prepared, workdir, stop, progress, event)
+      except spikes.Rollback as rollback:  # recorded in spikes.json: resume before the spike
+        event = rollback.event
+        if progress and jax.process_index() == 0:
+          print(f"loss spike at step {event['spike_step']} ({event['loss']:.4f}, running mean "
+                f"{event['mean']:.4f} ± {event['std']:.4f}): rolled back to step "
+                f"{event['restored_step']}, skipping {event['skipped_batches']} batches",
+                file=sys.stderr, flush=True)
 
 
 def _run(prepared: build.Prepared, workdir: str, stop: preemption.StopRequests,
-         progress: bool) -> RunResult:
+         progress: bool, rollback_event: dict[str, Any] | None = None) -> RunResult:
   config = prepared.config
+  spike_settings = spikes.settings_from_config(config)
+  events = spikes.read_events(workdir) if spike_settings else []
   is_main = jax.process_index() == 0
   config_path = os.path.join(workdir, "config.json")
   previous = _read_json(config_path)
@@ -159,6 +171,8 @@ def _run(prepared: build.Prepared, workdir: str, stop: preemption.StopRequests,
 
   os.makedirs(workdir, exist_ok=True)
   checkpoints = checkpointing.Checkpoints(workdir, keep=config.keep_checkpoints)
+  if is_main:  # the checkpoints of a trajectory a rollback abandoned, once
+    spikes.delete_abandoned(workdir, events, checkpoints)
   restored = checkpoints.restore_latest(prepared.abstract_state) if has_checkpoints else None
   record = {**prepared.record, "data_digest": data_digest}
   if restored is None and branch:
@@ -182,7 +196,8 @@ def _run(prepared: build.Prepared, workdir: str, stop: preemption.StopRequests,
         state = _repruned(prepared, state)
   else:
     start_step, state, data_state = restored
-    expected = start_step * config.batch_size
+    expected = (start_step + spikes.skipped_before(events, start_step, inclusive=False)
+                ) * config.batch_size
     if data_state.get("next_index") != expected:
       raise ValueError(f"checkpoint {start_step} was taken at stream position "
                        f"{data_state.get('next_index')}, not {expected}; batch_size changed?")
@@ -194,6 +209,9 @@ def _run(prepared: build.Prepared, workdir: str, stop: preemption.StopRequests,
   # resumed or branched run logs the same loss_mean as one run straight through; checkpoints
   # from before loss_mean lack them, and that first mean covers the steps after it only.
   interval_losses = list(data_state.get("interval_losses", []))
+  detector = (spikes.Detector(spike_settings, data_state.get("spike_detector"))
+              if spike_settings else None)
+  interval_metrics: list[dict[str, Any]] = []  # each step's metrics, for a spike's norms
   if _any_process(stop.received is not None):  # while restoring: nothing written yet
     checkpoints.close()
     raise preemption.Preempted(None, stop.signal_name)
@@ -223,6 +241,8 @@ def _run(prepared: build.Prepared, workdir: str, stop: preemption.StopRequests,
   # record: the config and counts for W&B, when config.wandb.project turns it on.
   log = (metrics_log.MetricsLog(workdir, resume_step=start_step, record=record)
          if is_main else None)
+  if log and rollback_event is not None:
+    log.write(spikes.event_row(rollback_event))
   rows: list[dict[str, Any]] = []
   # A live bar on a terminal; redirected to a file, one plain line per log interval instead.
   on_terminal = sys.stderr.isatty()
@@ -260,17 +280,24 @@ def _run(prepared: build.Prepared, workdir: str, stop: preemption.StopRequests,
           f"non-finite loss or gradient at step {bad}; stopped without saving that state "
           f"({last}); lower optimizer.lr or enable clipping")
     # The data position, as grain's own iterator state names it: the next example's index.
-    checkpoints.save(step_done, state, {
-        "next_index": step_done * config.batch_size,
-        "interval_losses": np.asarray(jax.device_get(interval_losses), np.float64).tolist()})
+    data_state = {
+        "next_index": (step_done + spikes.skipped_before(events, step_done, inclusive=False)
+                       ) * config.batch_size,
+        "interval_losses": np.asarray(jax.device_get(interval_losses), np.float64).tolist()}
+    if detector is not None:
+      data_state["spike_detector"] = detector.state
+    checkpoints.save(step_done, state, data_state)
     saved_step = step_done
 
   try:
     for step in range(start_step, config.steps):
-      indices = step * config.batch_size + rows_of_process
+      position = step + spikes.skipped_before(events, step, inclusive=True)
+      indices = position * config.batch_size + rows_of_process
       state, metrics = prepared.compiled_step(
           state, global_batch(prepared.source.batch(indices)))
       interval_losses.append(metrics["loss"])
+      if detector is not None:
+        interval_metrics.append(metrics)
       bar.update(1)
       done = step + 1
       at_log = done % config.log_every == 0 or done == config.steps
@@ -278,6 +305,10 @@ def _run(prepared: build.Prepared, workdir: str, stop: preemption.StopRequests,
         # The one host sync per log interval.
         metrics, losses = jax.device_get((metrics, interval_losses))
         interval_losses.clear()
+        if detector is not None:
+          _watch_for_spikes(detector, losses, interval_metrics, done, events, workdir,
+                            checkpoints, log, is_main)
+          interval_metrics.clear()
         now = time.perf_counter()
         elapsed, steps_taken = now - last_time, done - last_step
         joules = meter.joules()
@@ -324,6 +355,41 @@ def _run(prepared: build.Prepared, workdir: str, stop: preemption.StopRequests,
     checkpoints.close()
   return RunResult(state=state, rows=rows, record=record,
                    resumed_from=start_step if restored is not None else None)
+
+
+def _watch_for_spikes(detector, losses, step_metrics, done, events, workdir, checkpoints, log,
+                      is_main) -> None:
+  """Feeds the interval's per-step losses to the detector; on a spike, records it and raises
+  ``spikes.Rollback`` (or, past the rollback limit, logs it and returns)."""
+  first = done - len(losses) + 1  # losses carried over a checkpoint come first, without metrics
+  for i, loss in enumerate(losses):
+    spike = detector.check(float(loss))
+    if spike is None:
+      continue
+    step = first + i
+    index = i - (len(losses) - len(step_metrics))
+    norms = {}
+    if index >= 0:  # the per-layer norms of the spike's own step
+      norms = {k: float(v) for k, v in jax.device_get(step_metrics[index]).items() if "/" in k}
+    event = {"spike_step": step, **spike, "norms": norms}
+    if len(spikes.rollbacks(events)) >= detector.settings.max_rollbacks:
+      event.update(restored_step=None, ignored=True)
+      if is_main:
+        spikes.record(workdir, events, event)
+        events.append(event)
+        if log:
+          log.write({"step": step, "spike_ignored": 1, "spike_loss": spike["loss"],
+                     "spike_mean": spike["mean"], "spike_std": spike["std"]})
+      continue
+    checkpoints.wait()
+    restored = max([c for c in checkpoints.steps() if c < step], default=0)
+    event.update(restored_step=restored,
+                 skipped_batches=step - restored + detector.settings.skip_extra,
+                 abandoned_checkpoints=[c for c in checkpoints.steps() if c > restored],
+                 checkpoints_deleted=False)
+    if is_main:
+      spikes.record(workdir, events, event)
+    raise spikes.Rollback(event)
 
 
 def train(config, workdir: str, *, devices: Sequence[jax.Device] | None = None,

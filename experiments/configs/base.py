@@ -188,6 +188,18 @@ def get_config() -> ml_collections.ConfigDict:
   c.privacy.delta = 1e-5
   c.privacy.sampling = "shuffled"  # fixed-size batches of the shuffled stream (see privacy.py)
 
+  # Loss-spike rollback (train/spikes.py): a step whose loss exceeds the last good one by
+  # spike_sigmas standard deviations of the step-to-step noise (and by spike_min_relative) rolls the
+  # run back to the last checkpoint before it and skips the batches since, at most
+  # spike_max_rollbacks times; events in spikes.json and metrics.jsonl.
+  c.stability = ml_collections.ConfigDict()
+  c.stability.spike_sigmas = config_dict.placeholder(float)  # None: off
+  c.stability.spike_min_relative = 0.1
+  c.stability.spike_ema = 0.95  # decay of the running noise estimate, per step
+  c.stability.spike_warmup_steps = 100  # steps before any spike is called
+  c.stability.spike_max_rollbacks = 3
+  c.stability.spike_skip_extra = 0  # batches skipped beyond those since the checkpoint
+
   c.loss = ml_collections.ConfigDict()
   c.loss.z_loss = 0.0
   c.loss.l1 = 0.0  # penalties on the weight-decayed parameters
