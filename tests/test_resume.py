@@ -73,14 +73,16 @@ def _assert_tensorboard_matches_metrics(workdir):
   assert sorted(_tensorboard_points(workdir)) == sorted(expected)
 
 
-def _wait_for(condition, process, timeout=300.0) -> bool:
+def _wait_for(condition, process, timeout=300.0, poll_s=0.001) -> bool:
+  """Polls ``condition``: every millisecond where a kill must land inside a short save, more
+  slowly where it need not (each poll reads files, CPU the other test workers want)."""
   deadline = time.monotonic() + timeout
   while time.monotonic() < deadline:
     if condition():
       return True
     if process.poll() is not None:
       return False
-    time.sleep(0.001)
+    time.sleep(poll_s)
   return False
 
 
@@ -169,7 +171,7 @@ def test_other_families_resume_bitwise_after_kill_9(config_name, extra, tmp_path
                              text=True, env=env)
   past_a_checkpoint = lambda: len(_rows_safely(workdir)) >= 5 and any(
       d.isdigit() for d in os.listdir(workdir / "checkpoints"))
-  assert _wait_for(past_a_checkpoint, process), process.communicate()[1]
+  assert _wait_for(past_a_checkpoint, process, poll_s=0.02), process.communicate()[1]
   process.send_signal(signal.SIGKILL)
   assert process.wait() == -signal.SIGKILL  # killed mid-run, not finished
   finished = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600,
@@ -200,7 +202,7 @@ def _rows_safely(workdir):
 def test_stop_signal_saves_exits_75_and_resumes_bitwise(reference, tmp_path, stop_signal):
   workdir = tmp_path / "run"
   process = _start(workdir)
-  assert _wait_for(lambda: len(_rows_safely(workdir)) >= 3, process)
+  assert _wait_for(lambda: len(_rows_safely(workdir)) >= 3, process, poll_s=0.02)
   process.send_signal(stop_signal)
   _, err = process.communicate(timeout=120)
   assert process.returncode == 75, err

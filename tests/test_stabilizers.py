@@ -36,8 +36,9 @@ def _unboxed(tree):
 def _attention_logits(task, params, batch):
   args, kwargs = task.objective.model_inputs(task.objective.prepare(batch, jax.random.key(0)),
                                              train=False)
-  _, variables = task.model.apply({"params": params}, *args, mutable=["intermediates"],
-                                  **kwargs)
+  apply = jax.jit(lambda p: task.model.apply({"params": p}, *args, mutable=["intermediates"],
+                                             **kwargs)[1])
+  variables = apply(params)
   found = [np.asarray(leaf) for path, leaf in jax.tree_util.tree_leaves_with_path(
       variables["intermediates"]) if "attention_logits" in jax.tree_util.keystr(path)]
   assert found
@@ -58,7 +59,7 @@ def test_qk_norm_bounds_attention_logits_and_is_counted(family):
   d_head = normed_task.model_config.head_dim
   bound = np.sqrt(d_head) * (1 + 1e-4)
   for task, bounded in ((plain_task, False), (normed_task, True)):
-    params = _unboxed(task.init_variables(jax.random.key(0), batch)["params"])
+    params = _unboxed(jax.jit(task.init_variables)(jax.random.key(0), batch)["params"])
     n_params = sum(x.size for x in jax.tree.leaves(params))
     assert n_params == task.describe(batch)["param_counts_padded"]["total"]
     largest = max(np.abs(x).max() for x in _attention_logits(task, _blow_up_queries(params),
@@ -88,8 +89,8 @@ def test_soft_capped_attention_is_exact_attention_below_the_cap_and_bounded_abov
   task, batch = _task_and_batch(tiny, attn_logit_softcap=2.0, final_logit_softcap=3.0)
   params = _blow_up_queries(_unboxed(task.init_variables(jax.random.key(0), batch)["params"]))
   assert all(np.abs(x).max() <= 2.0 for x in _attention_logits(task, params, batch))
-  logits = task.model.apply({"params": jax.tree.map(lambda x: x * 50.0, params)},
-                            batch["inputs"])
+  logits = jax.jit(task.model.apply)({"params": jax.tree.map(lambda x: x * 50.0, params)},
+                                     batch["inputs"])
   assert np.abs(np.asarray(logits)).max() <= 3.0
 
 
