@@ -61,7 +61,7 @@ def mesh_axes(rules: Rules) -> tuple[str, ...]:
   for _, axes in rules:
     if axes is not None:
       named.update((axes,) if isinstance(axes, str) else axes)
-  order = ("data", "fsdp", "expert", "tensor")
+  order = ("replica", "data", "fsdp", "expert", "tensor")  # DiLoCo's replicas outermost
   return tuple(a for a in order if a in named) + tuple(sorted(named - set(order)))
 
 

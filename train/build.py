@@ -16,7 +16,7 @@ from isoflop.models import param_roles
 from isoflop.sharding import mesh as mesh_lib
 from isoflop.sharding import rules as rules_lib
 from isoflop.train import data as data_lib
-from isoflop.train import finetune, hardware, optimizers, privacy, run_record, spikes
+from isoflop.train import diloco, finetune, hardware, optimizers, privacy, run_record, spikes
 from isoflop.train import step_cost
 from isoflop.train import state as state_lib
 from isoflop.train import step as step_lib
@@ -41,6 +41,7 @@ class Prepared:
   tx: Any
   roles: Any  # each parameter's role (models/param_roles.py), a tree like the parameters
   record: dict[str, Any]
+  expand_state: Any = None  # fresh state -> the run's layout (DiLoCo's replicas), or None
 
 
 class _WithTeacher:
@@ -173,6 +174,12 @@ def prepare(config, devices: Sequence[jax.Device] | None = None,
     task = dataclasses.replace(task, wrap_model=wrap_model)
   rules = rules_lib.get_rules(config.mesh.rules)
   sizes = {axis: size for axis, size in config.mesh.items() if axis != "rules"}
+  low_comm = diloco.settings_from_config(
+      config, len(devices) if devices is not None else jax.device_count())
+  inner_rules = rules  # what each DiLoCo replica shards by (every run's own rules otherwise)
+  if low_comm is not None:
+    rules = diloco.rules(rules)
+    sizes[diloco.AXIS] = low_comm.replicas
   mesh = mesh_lib.build_mesh(sizes, devices, rules_lib.mesh_axes(rules), config.mesh.rules)
   dp = rules_lib.data_parallel_size(mesh, rules)
   if config.batch_size % (dp * config.microbatches):
@@ -217,9 +224,17 @@ def prepare(config, devices: Sequence[jax.Device] | None = None,
     tx, schedule = optimizers.make_optimizer(
         config.optimizer, config.steps, roles, task.lr_multipliers(config.optimizer.name, roles),
         trainable=trainable)
-    shapes, _, shardings = state_lib.abstract_state(
+    shapes, logical_state, shardings = state_lib.abstract_state(
         task, tx, batch_shapes, mesh, rules, ensemble=config.ensemble,
         boxed_variables=boxed_variables)
+    outer_tx = None
+    if low_comm is not None:
+      if jax.tree.leaves({k: v for k, v in boxed_variables.items() if k != "params"}):
+        raise ValueError("diloco: replicas cannot share batch statistics (BatchNorm); use a "
+                         "family without model state")
+      outer_tx = diloco.outer_optimizer(low_comm)
+      shapes, logical_state = diloco.abstract_state(shapes, logical_state, outer_tx, low_comm)
+      shardings = rules_lib.logical_to_sharding(logical_state, mesh, rules)
     rules_lib.check_divisible(shapes, shardings)
     abstract = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                             shapes, shardings)
@@ -245,6 +260,8 @@ def prepare(config, devices: Sequence[jax.Device] | None = None,
         teacher_sharding = (jax.tree.map(lambda a: a.sharding, teacher_abstract),)
       if config.ensemble > 1:  # K seeds in one compiled step, all on the same batch
         step = jax.vmap(step, in_axes=(0, None) + (None,) * len(teacher_sharding))
+      if low_comm is not None:  # replicas with their own inner steps, synced every H
+        step = diloco.make_step(step, outer_tx, low_comm, inner_rules)
       return jax.jit(step, in_shardings=(shardings, batch_sharding, *teacher_sharding),
                      out_shardings=(shardings, rules_lib.replicated(mesh)), donate_argnums=0)
 
@@ -293,6 +310,11 @@ def prepare(config, devices: Sequence[jax.Device] | None = None,
     described["distill"] = teacher.describe()
   if private is not None:
     described["privacy"] = private.describe(sampling_rate)
+  if low_comm is not None:
+    described["diloco"] = low_comm.describe()
+  described["comm"] = diloco.communication(
+      described, low_comm, dp // (low_comm.replicas if low_comm else 1),
+      jax.numpy.dtype(config.model.get("param_dtype", "float32")).itemsize)
   if teacher is not None and compiled is not None:
     # Frozen and outside the train state: read once, handed to every step.
     teacher_variables = distillation.load_variables(teacher, teacher_abstract)
@@ -329,8 +351,12 @@ def prepare(config, devices: Sequence[jax.Device] | None = None,
   if device_costs and compiled is not None:
     record["cost_per_device"] = device_cost
   row_sharding = rules_lib.logical_to_sharding(jax.sharding.PartitionSpec("batch"), mesh, rules)
+  expand_state = None
+  if low_comm is not None:
+    expand_state = lambda state: diloco.expand(state, outer_tx, low_comm)  # noqa: E731
   prepared = Prepared(config, task, source, mesh, rules, compiled, compiled_eval, abstract,
-                      batch_sharding, row_sharding, batch_shapes, tx, roles, record)
+                      batch_sharding, row_sharding, batch_shapes, tx, roles, record,
+                      expand_state)
   if too_large is not None:
     raise StepDoesNotFit(too_large, prepared)
   return prepared

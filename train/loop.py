@@ -17,7 +17,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
-from isoflop.train import build, checkpointing, hardware, init_from, metrics_log, preemption
+from isoflop.train import build, checkpointing, diloco, hardware, init_from, metrics_log
+from isoflop.train import preemption
 from isoflop.train import privacy, resume_policy, spikes
 from isoflop.train import data as data_lib
 from isoflop.train import run_record
@@ -188,7 +189,8 @@ def _run(prepared: build.Prepared, workdir: str, stop: preemption.StopRequests,
     with jax.set_mesh(prepared.mesh), nn.logical_axis_rules(prepared.rules):
       keys = state_lib.seed_keys(config.seed, config.ensemble)  # member i: seed + i
       state = state_lib.create_state(prepared.task, prepared.tx, prepared.batch_shapes, keys,
-                                     jax.tree.map(lambda a: a.sharding, prepared.abstract_state))
+                                     jax.tree.map(lambda a: a.sharding, prepared.abstract_state),
+                                     expand=prepared.expand_state)
     if params_plan is not None:
       state = init_from.load(params_plan, state)
       record["initialized_from"] = params_plan.describe()
@@ -321,6 +323,7 @@ def _run(prepared: build.Prepared, workdir: str, stop: preemption.StopRequests,
           row.update(_summarize(k, v, ensemble=config.ensemble > 1))
         row.update(_summarize("loss_mean", np.mean(np.asarray(losses, np.float64), axis=0),
                               ensemble=config.ensemble > 1))
+        row["comm_bytes"] = diloco.comm_bytes(prepared.record["comm"], done)
         if private is not None:  # the privacy spent so far, at privacy.delta
           row["dp_epsilon"] = privacy.epsilon(private, done,
                                               prepared.record["privacy"]["sampling_rate"])

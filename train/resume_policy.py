@@ -54,7 +54,8 @@ ADDED_SWITCHED_BLOCKS = {"prune": ("method",), "quant": ("bits",),
                          "lowrank": ("rank_fraction", "energy", "rank"),
                          "distill": ("teacher",),
                          "finetune": ("trainable", "trainable_roles", "lora.rank"),
-                         "privacy": ("noise_multiplier",), "stability": ("spike_sigmas",)}
+                         "privacy": ("noise_multiplier",), "stability": ("spike_sigmas",),
+                         "diloco": ("replicas",)}
 
 
 def _switch(new: dict[str, Any], block: str, switch: str) -> Any:

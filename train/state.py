@@ -25,6 +25,9 @@ class TrainState:
   # Pruning masks (train/compression/pruning.py): booleans for the pruned parameters only,
   # nested like them; {} without pruning.
   masks: Any = flax.struct.field(default_factory=dict)
+  # DiLoCo (train/diloco.py): the replicas' parameters and the outer optimizer's state; {}
+  # otherwise.
+  outer: Any = flax.struct.field(default_factory=dict)
 
 
 def _variables_fn(task, batch_shapes) -> Callable:
@@ -104,11 +107,17 @@ def seed_keys(seed: int, ensemble: int = 1) -> jax.Array:
   return jax.vmap(jax.random.key)(seed + jax.numpy.arange(ensemble))
 
 
-def create_state(task, tx, batch_shapes, rng: jax.Array, shardings) -> TrainState:
+def create_state(task, tx, batch_shapes, rng: jax.Array, shardings,
+                 expand: Callable | None = None) -> TrainState:
   """Initializes every array on its own shards: parameters are never whole on one device.
-  A batch of keys (one per seed) gives an ensemble state with a leading seed axis."""
+  A batch of keys (one per seed) gives an ensemble state with a leading seed axis.
+  ``expand`` turns the fresh state into another layout (DiLoCo's replicas)."""
   init = _init_fn(task, tx, batch_shapes)
-  jitted = jax.jit(jax.vmap(init) if rng.ndim else init, out_shardings=shardings)
+  init = jax.vmap(init) if rng.ndim else init
+  if expand is not None:
+    plain = init
+    init = lambda key: expand(plain(key))  # noqa: E731
+  jitted = jax.jit(init, out_shardings=shardings)
   # Run once, so not worth XLA's backend optimizations: they tripled the start-up's compile
   # time of a small model's initialization on CPU (3.1 s -> 0.9 s without), same values.
   return jitted.lower(rng).compile(compiler_options=ONE_OFF_COMPILE)(rng)

@@ -200,6 +200,15 @@ def get_config() -> ml_collections.ConfigDict:
   c.stability.spike_max_rollbacks = 3
   c.stability.spike_skip_extra = 0  # batches skipped beyond those since the checkpoint
 
+  # DiLoCo (train/diloco.py): replicas copies of the model on a replica mesh axis, each taking
+  # inner_steps steps of the optimizer above on its part of the batch between outer steps.
+  c.diloco = ml_collections.ConfigDict()
+  c.diloco.replicas = config_dict.placeholder(int)  # None: off
+  c.diloco.inner_steps = 50
+  c.diloco.outer_optimizer = "nesterov"  # nesterov | sgd
+  c.diloco.outer_lr = 0.7
+  c.diloco.outer_momentum = 0.9
+
   c.loss = ml_collections.ConfigDict()
   c.loss.z_loss = 0.0
   c.loss.l1 = 0.0  # penalties on the weight-decayed parameters
