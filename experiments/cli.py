@@ -480,7 +480,7 @@ SUBCOMMANDS = {"train": train_command, "sweep": sweep_command, "analyze": analyz
 
 def main(argv: Sequence[str] | None = None) -> int:
   argv = list(sys.argv if argv is None else argv)
-  _default_platforms()
+  default_platforms()
   if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
     print(USAGE)
     return 0 if len(argv) >= 2 else EXIT_BAD_INPUT
@@ -500,7 +500,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return EXIT_BAD_INPUT
 
 
-def _default_platforms() -> None:
+def default_platforms() -> None:
   """Before JAX is imported: with libtpu installed (isoflop[tpu], for --topology plans) on a
   machine without TPUs or GPUs, JAX would try the TPU backend and print libtpu's warnings;
   there JAX_PLATFORMS defaults to cpu (``hardware.default_jax_platforms``)."""

@@ -111,6 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   flags = os.environ.get("XLA_FLAGS", "")
   if "xla_force_host_platform_device_count" not in flags:  # one CPU device per group
     os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={most}".strip()
+  from isoflop.experiments import cli
+  cli.default_platforms()  # CPU, not libtpu's compile-only TPU, where no accelerator is attached
   os.makedirs(args.out, exist_ok=True)
   results = run(args)
   import pandas as pd

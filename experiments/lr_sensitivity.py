@@ -112,6 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not os.path.exists(os.path.join(path, "runs.csv")):
       print(f"{PROG}: error: {path} has no runs.csv; run its sweep first", file=sys.stderr)
       return 2
+  from isoflop.experiments import cli
+  cli.default_platforms()
   result = {"baseline": summarize(args.baseline), "stabilized": summarize(args.stabilized),
             "initial_loss": INITIAL_LOSS}
   os.makedirs(args.out, exist_ok=True)

@@ -102,6 +102,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   if any(n <= 0 for n in args.noise) or args.clip_norm <= 0:
     print(f"{PROG}: error: --noise values and --clip_norm must be > 0", file=sys.stderr)
     return 2
+  from isoflop.experiments import cli
+  cli.default_platforms()  # CPU, not libtpu's compile-only TPU, where no accelerator is attached
   os.makedirs(args.out, exist_ok=True)
   results = run(args)
   import pandas as pd
