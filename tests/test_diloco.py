@@ -2,6 +2,7 @@
 communication is counted once per outer step, the inner and outer states resume bitwise, and
 bad settings are refused in one line."""
 
+import dataclasses
 import json
 
 import jax
@@ -10,7 +11,7 @@ import pytest
 
 from isoflop.experiments import cli
 from isoflop.experiments.configs import tiny_shakespeare, vit_tiny
-from isoflop.train import build, loop
+from isoflop.train import build, checkpointing, loop
 
 
 def _decoder():
@@ -86,3 +87,20 @@ def test_bad_diloco_settings_are_one_line(flags, message, tmp_path, capsys):
   err = capsys.readouterr().err.strip()
   assert len(err.splitlines()) == 1 and message in err, err
   assert not (tmp_path / "run").exists()
+
+
+def test_a_checkpoint_from_before_the_outer_field_restores(tiny_config, tmp_path):
+  """Train states gained ``outer`` (empty outside DiLoCo): older checkpoints lack it and must
+  still restore, not be quarantined as corrupt."""
+  prepared = build.prepare(tiny_config)
+  state = loop.run(prepared, str(tmp_path / "run"), progress=False).state
+  older = {f.name: getattr(state, f.name) for f in dataclasses.fields(state) if f.name != "outer"}
+  saver = checkpointing.Checkpoints(str(tmp_path / "older"), keep=None)
+  saver.save(8, older, {"next_index": 64})
+  saver.close()
+  reader = checkpointing.Checkpoints(str(tmp_path / "older"), keep=None)
+  step, restored, data = reader.restore_latest(prepared.abstract_state)
+  reader.close()
+  assert step == 8 and data["next_index"] == 64 and restored.outer == {}
+  for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(restored.params)):
+    np.testing.assert_array_equal(a, b)

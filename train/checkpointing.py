@@ -50,13 +50,15 @@ def saved_tree(workdir: str, step: int) -> dict[str, Any]:
   return metadata.item_metadata.tree
 
 
-def _without_model_state(abstract_state: Any) -> dict[str, Any] | None:
-  """The restore target for a checkpoint written before train states held model state (no
-  ``model_state`` entry), when this run has none either; None otherwise."""
-  if jax.tree.leaves(abstract_state.model_state):
+def _without_missing_fields(abstract_state: Any, saved: dict[str, Any]) -> dict[str, Any] | None:
+  """The restore target for a checkpoint written before the train state gained fields
+  (``model_state``, DiLoCo's ``outer``): those fields left out, when this run has nothing in
+  them either; None when nothing is missing or a missing field holds arrays here."""
+  names = [f.name for f in dataclasses.fields(abstract_state)]
+  missing = [n for n in names if n not in saved]
+  if not missing or any(jax.tree.leaves(getattr(abstract_state, n)) for n in missing):
     return None
-  return {f.name: getattr(abstract_state, f.name) for f in dataclasses.fields(abstract_state)
-          if f.name != "model_state"}
+  return {n: getattr(abstract_state, n) for n in names if n not in missing}
 
 
 def restore_from(step_dir: str, abstract_state: Any) -> tuple[int, Any, dict[str, Any]]:
@@ -139,15 +141,16 @@ class Checkpoints:
 
   def restore_step(self, step: int, abstract_state: Any) -> tuple[Any, dict[str, Any]]:
     target = abstract_state
-    legacy = (_without_model_state(abstract_state)
-              if "model_state" not in saved_tree(self._workdir, step) else None)
-    if legacy is not None:  # saved before train states held model state
+    legacy = _without_missing_fields(abstract_state, saved_tree(self._workdir, step))
+    if legacy is not None:  # saved before the train state had some (here empty) fields
       target = legacy
     restored = self._manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
     state = restored.state
     if legacy is not None:
-      state = abstract_state.replace(**state, model_state={})
+      empty = {n: getattr(abstract_state, n) for n in
+               {f.name for f in dataclasses.fields(abstract_state)} - set(legacy)}
+      state = abstract_state.replace(**state, **empty)
     return state, restored.data
 
   def close(self) -> None:
