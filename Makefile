@@ -24,7 +24,7 @@ demo: setup
 
 # pytest exits 5 when it collects no tests: an empty suite must not pass as green.
 test: setup
-	@$(BIN)/python -m pytest -q -n 3 --dist loadgroup --durations=10; rc=$$?; \
+	@$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=10; rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "pytest collected no tests: the suite is missing"; fi; \
 	  exit $$rc
 
