@@ -45,7 +45,7 @@ def max_attention_logit(member_dir: str) -> float | None:
   with open(os.path.join(member_dir, "config.json"), encoding="utf-8") as f:
     config = ml_collections.ConfigDict(json.load(f)["config"])
   state = ocp.StandardCheckpointer().restore(
-      os.path.join(member_dir, "checkpoints", str(max(steps)), "state"))
+      os.path.abspath(os.path.join(member_dir, "checkpoints", str(max(steps)), "state")))
   task = task_lib.make_task(config)
   batch = data_lib.make_source(config, workdir=member_dir).eval_batch(np.arange(8))
 
