@@ -282,13 +282,13 @@ def _run(prepared: build.Prepared, workdir: str, stop: preemption.StopRequests,
           f"non-finite loss or gradient at step {bad}; stopped without saving that state "
           f"({last}); lower optimizer.lr or enable clipping")
     # The data position, as grain's own iterator state names it: the next example's index.
-    data_state = {
+    position = {
         "next_index": (step_done + spikes.skipped_before(events, step_done, inclusive=False)
                        ) * config.batch_size,
         "interval_losses": np.asarray(jax.device_get(interval_losses), np.float64).tolist()}
     if detector is not None:
-      data_state["spike_detector"] = detector.state
-    checkpoints.save(step_done, state, data_state)
+      position["spike_detector"] = detector.state
+    checkpoints.save(step_done, state, position)
     saved_step = step_done
 
   try:

@@ -83,16 +83,11 @@ def _per_example_rules(rules, example_axes):
   no activation of one example may use them (a batch of one stays whole, and an ``embed``
   dimension does not take the ``fsdp`` the batch otherwise claims first)."""
   taken = set(example_axes if isinstance(example_axes, tuple) else (example_axes,))
-
-  def free(axes):
-    if axes is None or name == "batch":
-      return None
-    kept = tuple(a for a in (axes if isinstance(axes, tuple) else (axes,)) if a not in taken)
-    return kept[0] if len(kept) == 1 else (kept or None)
-
   inner = []
   for name, axes in rules:
-    inner.append((name, free(axes)))
+    kept = () if axes is None or name == "batch" else tuple(
+        a for a in ((axes,) if isinstance(axes, str) else axes) if a not in taken)
+    inner.append((name, kept[0] if len(kept) == 1 else (kept or None)))
   return tuple(inner)
 
 
